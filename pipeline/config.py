@@ -1,0 +1,150 @@
+"""Run configuration: YAML validated by pydantic before any work starts.
+
+A config names its sources and an ordered list of stages; each stage entry is ``stage: NAME`` plus
+that stage's params (see the stage's ``Params`` model). Relative paths are resolved against the
+config file's directory. A wrong key, type or value raises :class:`ConfigError` whose message
+names the field (``stages[2] (minhash_dedup).threshold``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.io.formats import FORMATS
+from pipeline.io.readers import CONTAINERS
+from pipeline.stages import available_stages, get_stage
+from pipeline.stages.base import Stage
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSettings(_Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    out: str = "runs"
+    shard_rows: int = Field(50_000, ge=1)
+    read_batch_rows: int = Field(10_000, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    state_in: str | None = None
+    save_state: bool = False
+    cache_dir: str | None = None
+
+
+class SourceConfig(_Strict):
+    path: str
+    name: str | None = None
+    container: Literal[CONTAINERS] = "auto"  # type: ignore[valid-type]
+    format: Literal[("auto", *FORMATS)] = "auto"  # type: ignore[valid-type]
+    hf_builder: str | None = None
+    hf_split: str = "train"
+
+
+class StageEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    stage: str
+
+    @field_validator("stage")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        allowed = available_stages()
+        if v not in allowed:
+            raise ValueError(f"unknown stage {v!r}; allowed: {', '.join(allowed)}")
+        return v
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Config(_Strict):
+    run: RunSettings = RunSettings()
+    sources: list[SourceConfig] = Field(..., min_length=1)
+    stages: list[StageEntry] = Field(default_factory=list)
+    flow: dict[str, Any] = Field(default_factory=dict, description="orchestration settings read by flows/")
+    base_dir: str = Field(".", exclude=True)
+
+    def build_stages(self) -> list[Stage]:
+        return [get_stage(e.stage)(e.params()) for e in self.stages]
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fmt_loc(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            if i > 0 and loc[i - 1] == "stages":
+                try:
+                    out += f" ({raw['stages'][part]['stage']})"
+                except (KeyError, IndexError, TypeError):
+                    pass
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _error_lines(err: ValidationError, raw: dict[str, Any], prefix: tuple[Any, ...] = (), allowed: list[str] | None = None) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden" and allowed is not None:
+            msg = f"unknown field; allowed: {', '.join(allowed)}"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{_fmt_loc(loc, raw)}: {msg}")
+    return lines
+
+
+def load_config(source: str | Path | dict[str, Any], base_dir: str | Path | None = None) -> Config:
+    """Parse and validate a config (a YAML path or a dict). Raises :class:`ConfigError`."""
+    where = "config"
+    if isinstance(source, dict):
+        raw = source
+        base = Path(base_dir or ".").resolve()
+    else:
+        path = Path(source)
+        where = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        base = Path(base_dir).resolve() if base_dir else path.resolve().parent
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping with 'sources' and 'stages'")
+    try:
+        cfg = Config.model_validate({**raw, "base_dir": str(base)})
+    except ValidationError as e:
+        raise ConfigError(f"{where}: invalid config\n  " + "\n  ".join(_error_lines(e, raw))) from None
+    problems: list[str] = []
+    for i, entry in enumerate(cfg.stages):
+        cls = get_stage(entry.stage)
+        try:
+            cls.Params(**entry.params())
+        except ValidationError as e:
+            problems += _error_lines(e, raw, ("stages", i), allowed=sorted(cls.Params.model_fields))
+    for i, src in enumerate(cfg.sources):
+        if src.container in ("auto", "jsonl", "json", "parquet", "hf_disk") and not cfg.resolve(src.path).exists():
+            problems.append(f"sources[{i}].path: no such file or directory: {cfg.resolve(src.path)}")
+    if problems:
+        raise ConfigError(f"{where}: invalid config\n  " + "\n  ".join(problems))
+    return cfg

@@ -1,0 +1,198 @@
+"""Record formats: how one input record (a dict) maps to canonical messages.
+
+Each format is a function ``record -> (messages, unmapped_fields)`` that raises :class:`Reject`
+with a short reason when the record cannot be mapped. Detection looks at the keys of a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.schema import ROLE_ALIASES
+
+
+class Reject(ValueError):
+    """A record that cannot be mapped; ``str(exc)`` is the reason written to the rejects shard."""
+
+
+Messages = list[dict[str, str]]
+Mapper = Callable[[dict[str, Any]], tuple[Messages, dict[str, Any]]]
+
+
+def _text(rec: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    if key not in rec or rec[key] is None:
+        if required:
+            raise Reject(f"missing field '{key}'")
+        return None
+    val = rec[key]
+    if not isinstance(val, str):
+        raise Reject(f"field '{key}' must be a string, got {type(val).__name__}")
+    return val
+
+
+def _first_key(rec: dict[str, Any], keys: tuple[str, ...]) -> str:
+    for k in keys:
+        if rec.get(k) is not None:
+            return k
+    raise Reject(f"missing field '{keys[0]}'" + (f" (or {', '.join(repr(k) for k in keys[1:])})" if len(keys) > 1 else ""))
+
+
+def _rest(rec: dict[str, Any], used: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in rec.items() if k not in used}
+
+
+def _content(val: Any, where: str) -> str:
+    """Message content: a string, or OpenAI-style text parts joined."""
+    if isinstance(val, str):
+        return val
+    if isinstance(val, list):
+        parts = []
+        for p in val:
+            if isinstance(p, dict) and p.get("type", "text") == "text" and isinstance(p.get("text"), str):
+                parts.append(p["text"])
+            else:
+                kind = p.get("type") if isinstance(p, dict) else type(p).__name__
+                raise Reject(f"{where}: unsupported content part {kind!r}")
+        return "".join(parts)
+    if val is None:
+        raise Reject(f"{where}: missing content")
+    raise Reject(f"{where}: content must be a string, got {type(val).__name__}")
+
+
+def _role(val: Any, where: str) -> str:
+    if not isinstance(val, str):
+        raise Reject(f"{where}: role must be a string, got {type(val).__name__}")
+    role = ROLE_ALIASES.get(val.strip().lower())
+    if role is None:
+        raise Reject(f"{where}: unknown role {val!r}")
+    return role
+
+
+def check_messages(messages: Messages) -> Messages:
+    if not messages:
+        raise Reject("empty conversation")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise Reject("no assistant turn")
+    if not any(m["role"] == "user" for m in messages):
+        raise Reject("no user turn")
+    return messages
+
+
+def _turns(rec: dict[str, Any], key: str) -> tuple[Messages, set[str]]:
+    turns = rec.get(key)
+    if turns is None:
+        raise Reject(f"missing field '{key}'")
+    if not isinstance(turns, list):
+        raise Reject(f"field '{key}' must be a list, got {type(turns).__name__}")
+    used = {key}
+    out: Messages = []
+    sys_prompt = rec.get("system")
+    if isinstance(sys_prompt, str) and sys_prompt.strip():
+        out.append({"role": "system", "content": sys_prompt})
+        used.add("system")
+    for i, t in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(t, dict):
+            raise Reject(f"{where} must be an object, got {type(t).__name__}")
+        rk = "from" if "from" in t else "role"
+        ck = "value" if "value" in t else "content"
+        out.append({"role": _role(t.get(rk), where), "content": _content(t.get(ck), where)})
+    return check_messages(out), used
+
+
+def map_sharegpt(rec: dict[str, Any]) -> tuple[Messages, dict[str, Any]]:
+    msgs, used = _turns(rec, "conversations")
+    return msgs, _rest(rec, used)
+
+
+def map_messages(rec: dict[str, Any]) -> tuple[Messages, dict[str, Any]]:
+    msgs, used = _turns(rec, "messages")
+    return msgs, _rest(rec, used)
+
+
+def _pair(
+    rec: dict[str, Any], prompt: str, answer: str, system: str | None = None
+) -> Messages:
+    msgs: Messages = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+    msgs.append({"role": "user", "content": prompt})
+    msgs.append({"role": "assistant", "content": answer})
+    return msgs
+
+
+def map_alpaca(rec: dict[str, Any]) -> tuple[Messages, dict[str, Any]]:
+    instruction = _text(rec, "instruction")
+    inp = _text(rec, "input", required=False)
+    out_key = _first_key(rec, ("output", "response"))
+    answer = _text(rec, out_key)
+    system = _text(rec, "system", required=False)
+    prompt = f"{instruction}\n\n{inp}" if inp and inp.strip() else instruction
+    used = {"instruction", "input", out_key, "system"}
+    return check_messages(_pair(rec, prompt, answer, system)), _rest(rec, used)
+
+
+def map_prompt_completion(rec: dict[str, Any]) -> tuple[Messages, dict[str, Any]]:
+    prompt = _text(rec, "prompt")
+    out_key = _first_key(rec, ("completion", "canonical_solution", "response"))
+    answer = _text(rec, out_key)
+    return check_messages(_pair(rec, prompt, answer)), _rest(rec, {"prompt", out_key})
+
+
+def map_question_answer(rec: dict[str, Any]) -> tuple[Messages, dict[str, Any]]:
+    question = _text(rec, "question")
+    out_key = _first_key(rec, ("answer", "ground_truth"))
+    answer = _text(rec, out_key)
+    return check_messages(_pair(rec, question, answer)), _rest(rec, {"question", out_key})
+
+
+def map_self_instruct(rec: dict[str, Any]) -> tuple[Messages, dict[str, Any]]:
+    """Self-Instruct tasks: the instruction plus its first instance; all instances stay in ``meta``."""
+    instruction = _text(rec, "instruction")
+    inst = rec.get("instances")
+    if not isinstance(inst, list) or not inst or not isinstance(inst[0], dict):
+        raise Reject("field 'instances' must be a non-empty list of objects")
+    inp = _text(inst[0], "input", required=False)
+    answer = _text(inst[0], "output")
+    prompt = f"{instruction}\n\n{inp}" if inp and inp.strip() else instruction
+    return check_messages(_pair(rec, prompt, answer)), _rest(rec, {"instruction"})
+
+
+FORMATS: dict[str, Mapper] = {
+    "sharegpt": map_sharegpt,
+    "messages": map_messages,
+    "alpaca": map_alpaca,
+    "prompt_completion": map_prompt_completion,
+    "question_answer": map_question_answer,
+    "self_instruct": map_self_instruct,
+}
+
+FORMAT_HELP: dict[str, str] = {
+    "sharegpt": "conversations: [{from|role, value|content}], roles human/gpt/chatgpt/bing/bard/user/assistant/system/tool; optional system",
+    "messages": "messages: [{role, content}] (OpenAI style; content may be a list of text parts); optional system",
+    "alpaca": "instruction, optional input, output or response; optional system",
+    "prompt_completion": "prompt, completion (or canonical_solution as in HumanEval, or response)",
+    "question_answer": "question, answer (or ground_truth), as in GSM8K",
+    "self_instruct": "instruction, instances: [{input, output}] (first instance is used)",
+}
+
+
+def detect_format(rec: Any) -> str | None:
+    """Guess the format from one record's keys; None when nothing fits."""
+    if not isinstance(rec, dict):
+        return None
+    keys = set(rec)
+    if "conversations" in keys:
+        return "sharegpt"
+    if "messages" in keys:
+        return "messages"
+    if "instruction" in keys and "instances" in keys:
+        return "self_instruct"
+    if "instruction" in keys and keys & {"output", "response"}:
+        return "alpaca"
+    if "prompt" in keys and keys & {"completion", "canonical_solution", "response"}:
+        return "prompt_completion"
+    if "question" in keys and keys & {"answer", "ground_truth"}:
+        return "question_answer"
+    return None

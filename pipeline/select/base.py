@@ -1,0 +1,104 @@
+"""Shared plumbing of the selectors: candidates, budgets, and the selection columns.
+
+A selector is a global stage that fills ``selected`` (bool), ``select_reason`` and ``select_rank``
+(1 = picked first) on the rows still kept; it never touches ``keep``. Selectors compose: a selector
+only considers rows that are kept and not already rejected by an earlier selector
+(``selected`` null or true), so ``kmq`` after ``select_top_k`` picks from the top-k.
+
+A budget is a number of rows (``budget_unit: rows``) or of response tokens
+(``budget_unit: tokens``, counted from ``len_response_tokens``, or ``len_total_tokens`` with
+``token_column``): rows are taken in rank order while the running total stays within the budget.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from pipeline.stages.base import Stage, StageParams
+
+SELECT_COLUMNS = {"selected": pl.Boolean, "select_reason": pl.String, "select_rank": pl.Int64}
+
+
+class SelectParams(StageParams):
+    budget: int = Field(..., ge=0, description="rows, or tokens with budget_unit=tokens")
+    budget_unit: Literal["rows", "tokens"] = "rows"
+    token_column: str = "len_response_tokens"
+
+
+def candidate_mask(df: pl.DataFrame) -> np.ndarray:
+    """Rows a selector may pick: kept, and not rejected by an earlier selector."""
+    keep = df["keep"].to_numpy() if "keep" in df.columns else np.ones(df.height, dtype=bool)
+    if "selected" in df.columns:
+        keep = keep & df["selected"].fill_null(True).to_numpy()
+    return keep
+
+
+def take_budget(order: np.ndarray, params: SelectParams, df: pl.DataFrame) -> np.ndarray:
+    """The prefix of ``order`` (row indices, best first) that fits the budget."""
+    if params.budget_unit == "rows":
+        return order[: params.budget]
+    if params.token_column not in df.columns:
+        raise ValueError(f"budget_unit=tokens needs column {params.token_column!r}; run the length stage first")
+    toks = df[params.token_column].fill_null(0).to_numpy()[order]
+    fits = np.cumsum(toks) <= params.budget
+    return order[fits]
+
+
+def mark_selected(df: pl.DataFrame, chosen: np.ndarray, reason: str | list[str]) -> pl.DataFrame:
+    """Write the selection columns: ``chosen`` (row indices in pick order) selected, other candidates not.
+
+    Rows that were not candidates (dropped, or rejected by an earlier selector) keep their values.
+    """
+    cand = candidate_mask(df)
+    n = df.height
+    picked = np.zeros(n, dtype=bool)
+    picked[chosen] = True
+    rank = np.zeros(n, dtype=np.int64)
+    rank[chosen] = np.arange(1, len(chosen) + 1)
+    if isinstance(reason, str):
+        reasons = pl.Series("r", [f"{reason}:rank={r}" for r in range(1, len(chosen) + 1)], dtype=pl.String)
+    else:
+        reasons = pl.Series("r", reason, dtype=pl.String)
+    reason_col = pl.Series("r", [None] * n, dtype=pl.String).scatter(chosen, reasons) if len(chosen) else pl.Series("r", [None] * n, dtype=pl.String)
+    prev_sel = df["selected"] if "selected" in df.columns else pl.Series([None] * n, dtype=pl.Boolean)
+    prev_reason = df["select_reason"] if "select_reason" in df.columns else pl.Series([None] * n, dtype=pl.String)
+    prev_rank = df["select_rank"] if "select_rank" in df.columns else pl.Series([None] * n, dtype=pl.Int64)
+    c = pl.Series(cand)
+    return df.with_columns(
+        pl.select(pl.when(c).then(pl.Series(picked)).otherwise(prev_sel)).to_series().alias("selected"),
+        pl.select(pl.when(c).then(reason_col).otherwise(prev_reason)).to_series().alias("select_reason"),
+        pl.select(pl.when(c & pl.Series(picked)).then(pl.Series(rank)).when(c).then(None).otherwise(prev_rank))
+        .to_series().cast(pl.Int64).alias("select_rank"),
+    )
+
+
+class Selector(Stage):
+    """Base of selectors: global, no decide step, fills the selection columns."""
+
+    scope = "global"
+    is_selector = True
+    columns = SELECT_COLUMNS
+    Params = SelectParams
+
+    def rank(self, df: pl.DataFrame, cand: np.ndarray) -> np.ndarray:
+        """Candidate row indices, best first. Selectors override this or :meth:`select`."""
+        raise NotImplementedError
+
+    def select(self, df: pl.DataFrame) -> pl.DataFrame:
+        cand = candidate_mask(df)
+        order = self.rank(df, cand)
+        chosen = take_budget(order, self.params, df)
+        return mark_selected(df, chosen, self.name)
+
+    def score_global(self, df: pl.DataFrame) -> pl.DataFrame:
+        return self.select(df)
+
+    def global_frame_columns(self) -> list[str]:
+        cols = super().global_frame_columns()
+        if self.params.budget_unit == "tokens":
+            cols.append(self.params.token_column)
+        return [*dict.fromkeys([*cols, "selected"])]

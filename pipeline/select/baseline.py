@@ -1,0 +1,77 @@
+"""Baselines: seeded uniform random selection, and top-k / threshold on any score column.
+
+Random selection is the baseline every selector is compared with ("Rethinking Data Selection at
+Scale: Random Selection is Almost All You Need", Xia et al. 2024). The permutation is drawn from
+NumPy's PCG64 seeded with ``seed`` over rows ordered by ``id`` (then source, source_row), so the
+same pool gives the same selection regardless of shard or input order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from pipeline.select.base import SelectParams, Selector
+from pipeline.stages.base import to_polars
+
+
+class RandomParams(SelectParams):
+    seed: int = 0
+
+
+class RandomSelect(Selector):
+    name = "select_random"
+    Params = RandomParams
+    global_inputs = ("id",)
+
+    def rank(self, df: pl.DataFrame, cand: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(cand)
+        key = df.select("id", "source", "source_row")[idx].with_row_index("_i").sort(["id", "source", "source_row"])
+        canonical = idx[key["_i"].to_numpy()]
+        rng = np.random.default_rng(self.params.seed)
+        return canonical[rng.permutation(len(canonical))]
+
+
+class TopKParams(SelectParams):
+    column: str = Field(..., description="score column to rank by")
+    descending: bool = True
+    min_value: float | None = None
+    max_value: float | None = None
+
+
+class TopKSelect(Selector):
+    """Top-k (or all within [min_value, max_value], up to the budget) by a score column."""
+
+    name = "select_top_k"
+    Params = TopKParams
+
+    @property
+    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.params.column,)
+
+    def rank(self, df: pl.DataFrame, cand: np.ndarray) -> np.ndarray:
+        p = self.params
+        if p.column not in df.columns:
+            raise ValueError(f"select_top_k: column {p.column!r} not in table; columns: {', '.join(df.columns)}")
+        vals = df[p.column].cast(pl.Float64).to_numpy()
+        ok = cand & ~np.isnan(vals)
+        if p.min_value is not None:
+            ok &= vals >= p.min_value
+        if p.max_value is not None:
+            ok &= vals <= p.max_value
+        idx = np.flatnonzero(ok)
+        key = -vals[idx] if p.descending else vals[idx]
+        return idx[np.argsort(key, kind="stable")]
+
+
+def random(table: Any, budget: int, seed: int = 0, **params: Any) -> pl.DataFrame:
+    """Seeded uniform random selection of ``budget`` rows."""
+    return RandomSelect(budget=budget, seed=seed, **params)(to_polars(table))
+
+
+def top_k(table: Any, budget: int, column: str, **params: Any) -> pl.DataFrame:
+    """Select the ``budget`` rows with the highest (or lowest) ``column``."""
+    return TopKSelect(budget=budget, column=column, **params)(to_polars(table))

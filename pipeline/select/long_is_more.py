@@ -1,0 +1,47 @@
+"""Long-is-More: select the ``budget`` rows with the longest responses.
+
+Zhao et al., "Long Is More for Alignment: A Simple but Tough-to-Beat Baseline for Instruction
+Fine-Tuning" (ICML 2024): the 1k longest responses of an instruction pool beat LIMA and AlpaGasus
+selections. Length is measured in response tokens (``len_response_tokens`` from the length stage)
+or characters (``len_response_chars``); ties are broken by input order, so the result is
+deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from pipeline.select.base import SelectParams, Selector
+from pipeline.stages.base import to_polars
+from pipeline.stages.length_filter import Length
+
+
+class LongIsMoreParams(SelectParams):
+    by: Literal["len_response_tokens", "len_response_chars"] = "len_response_tokens"
+
+
+class LongIsMore(Selector):
+    name = "long_is_more"
+    Params = LongIsMoreParams
+
+    @property
+    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.params.by,)
+
+    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+        if self.params.by not in df.columns:  # usable on a bare table
+            df = Length(min_response_tokens=None).score(df)
+        return df
+
+    def rank(self, df: pl.DataFrame, cand: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(cand)
+        length = df[self.params.by].to_numpy()[idx]
+        return idx[np.argsort(-length, kind="stable")]
+
+
+def long_is_more(table: Any, budget: int, **params: Any) -> pl.DataFrame:
+    """Select the ``budget`` rows with the longest responses (Long-is-More)."""
+    return LongIsMore(budget=budget, **params)(to_polars(table))

@@ -1,0 +1,117 @@
+"""Heuristics: cheap quality rules in the style of Gopher (Rae et al. 2021) and FineWeb.
+
+Computed per row, all vectorised in Polars:
+
+* ``heur_empty_response``: an assistant turn is empty or whitespace only;
+* ``heur_response_eq_instruction``: the response equals the instruction after normalisation
+  (NFKC, case fold, punctuation and whitespace folded), i.e. the model just echoes the prompt;
+* ``heur_rep_ngram_ratio``: share of the response's word n-grams (``rep_ngram_n``, default 3) that
+  repeat an earlier n-gram of the same response: ``1 - distinct/total``. Gopher uses character
+  fractions covered by duplicate n-grams over several n; one n over word counts keeps it a single
+  interpretable number and catches the degenerate loops seen in scraped chat data;
+* ``heur_non_alnum_ratio``: share of the response's non-space characters that are neither letters
+  nor digits (Gopher's symbol ratio, generalised);
+* ``heur_ends_with_user``: the last turn is not an assistant turn (a truncated conversation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from pydantic import Field
+
+from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
+from pipeline.text import normalize_expr, text_expr
+
+
+class HeuristicsParams(StageParams):
+    drop_empty_response: bool = True
+    drop_response_eq_instruction: bool = True
+    rep_ngram_n: int = Field(3, ge=1, le=10)
+    max_rep_ngram_ratio: float | None = Field(0.5, ge=0, le=1)
+    min_rep_ngram_words: int = Field(30, ge=1, description="responses with fewer words are not judged on repetition")
+    max_non_alnum_ratio: float | None = Field(0.6, ge=0, le=1)
+    drop_ends_with_user: bool = False
+
+
+def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
+    """``1 - distinct/total`` word n-grams for each list of words (0 where there are fewer than n)."""
+    ex = pl.DataFrame({"_r": pl.arange(0, len(words), dtype=pl.UInt32, eager=True), "w": words}).explode("w")
+    h = pl.col("w").hash(42)
+    same = pl.lit(True)
+    parts = [h.alias("h0")]
+    for k in range(1, n):
+        parts.append(h.shift(-k).alias(f"h{k}"))
+        same = same & (pl.col("_r").shift(-k) == pl.col("_r"))
+    grams = ex.with_columns(pl.struct(parts).hash(7).alias("g"), same.fill_null(False).alias("ok")).filter(
+        pl.col("ok") & pl.col("w").is_not_null()
+    )
+    agg = grams.group_by("_r").agg(pl.len().alias("t"), pl.col("g").n_unique().alias("u"))
+    out = (
+        pl.DataFrame({"_r": pl.arange(0, len(words), dtype=pl.UInt32, eager=True)})
+        .join(agg, on="_r", how="left")
+        .sort("_r")
+        .select((1.0 - pl.col("u") / pl.col("t")).fill_null(0.0).alias("ratio"))
+    )
+    return out["ratio"]
+
+
+class Heuristics(Stage):
+    name = "heuristics"
+    Params = HeuristicsParams
+    columns = {
+        "heur_empty_response": pl.Boolean,
+        "heur_response_eq_instruction": pl.Boolean,
+        "heur_rep_ngram_ratio": pl.Float64,
+        "heur_response_words": pl.Int64,
+        "heur_non_alnum_ratio": pl.Float64,
+        "heur_ends_with_user": pl.Boolean,
+    }
+
+    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+        el = pl.element()
+        assistant = pl.col("messages").list.eval(
+            el.filter(el.struct.field("role") == "assistant").struct.field("content")
+        )
+        response = text_expr("response")
+        tmp = df.select(
+            assistant.list.eval(el.fill_null("").str.strip_chars().str.len_chars() == 0).list.any().alias("heur_empty_response"),
+            (normalize_expr(text_expr("instruction")) == normalize_expr(response)).alias("heur_response_eq_instruction"),
+            response.str.to_lowercase().str.extract_all(r"\w+").alias("_words"),
+            response.str.replace_all(r"\s+", "").str.len_chars().alias("_nonspace"),
+            response.str.count_matches(r"[^\p{L}\p{N}\s]").alias("_sym"),
+            (pl.col("messages").list.last().struct.field("role") != "assistant").alias("heur_ends_with_user"),
+        )
+        return df.with_columns(
+            tmp["heur_empty_response"],
+            tmp["heur_response_eq_instruction"],
+            rep_ngram_ratio(tmp["_words"], self.params.rep_ngram_n).alias("heur_rep_ngram_ratio"),
+            tmp["_words"].list.len().cast(pl.Int64).alias("heur_response_words"),
+            (tmp["_sym"] / tmp["_nonspace"]).fill_nan(0.0).fill_null(0.0).cast(pl.Float64).alias("heur_non_alnum_ratio"),
+            tmp["heur_ends_with_user"],
+        )
+
+    def decide(self, df: pl.DataFrame) -> pl.DataFrame:
+        p = self.params
+        if p.drop_empty_response:
+            df = drop_where(df, pl.col("heur_empty_response"), "heuristics:empty_response")
+        if p.drop_response_eq_instruction:
+            df = drop_where(df, pl.col("heur_response_eq_instruction"), "heuristics:response_eq_instruction")
+        if p.max_rep_ngram_ratio is not None:
+            df = drop_where(
+                df,
+                (pl.col("heur_rep_ngram_ratio") > p.max_rep_ngram_ratio)
+                & (pl.col("heur_response_words") >= p.min_rep_ngram_words),
+                f"heuristics:rep_ngram_ratio>{p.max_rep_ngram_ratio}",
+            )
+        if p.max_non_alnum_ratio is not None:
+            df = drop_where(df, pl.col("heur_non_alnum_ratio") > p.max_non_alnum_ratio, f"heuristics:non_alnum_ratio>{p.max_non_alnum_ratio}")
+        if p.drop_ends_with_user:
+            df = drop_where(df, pl.col("heur_ends_with_user"), "heuristics:ends_with_user")
+        return df
+
+
+def heuristics(table: Any, **params: Any) -> pl.DataFrame:
+    """Add ``heur_*`` columns and apply the rules of :class:`HeuristicsParams` to ``table``."""
+    return Heuristics(**params)(to_polars(table))
