@@ -146,6 +146,13 @@ class Stage:
         """Release what setup loaded."""
         self._ready = False
 
+    def save_state(self, path: Path) -> None:
+        """Persist state for incremental runs (dedup hashes, LSH bands, embedding index) under ``path``.
+
+        Called by the runner after the run when ``ctx.state_out`` is set; a later run passes that
+        directory back as ``ctx.state_in``, which :meth:`setup` reads. Stateless stages do nothing.
+        """
+
     # ------------------------------------------------------------------ the two halves
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         """Row-local scores for one shard. Default: nothing."""
