@@ -8,6 +8,7 @@ names the field (``stages[2] (minhash_dedup).threshold``) and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -91,10 +92,8 @@ def _fmt_loc(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             if i > 0 and loc[i - 1] == "stages":
-                try:
+                with contextlib.suppress(KeyError, IndexError, TypeError):
                     out += f" ({raw['stages'][part]['stage']})"
-                except (KeyError, IndexError, TypeError):
-                    pass
         else:
             out += ("." if out else "") + str(part)
     return out

@@ -323,8 +323,8 @@ def run(cfg: Config, out: str | Path | None = None, run_id: str | None = None, p
     pass_no += 1
     paths = apply_row_stages(paths, work / f"pass-{pass_no:02d}", ops, progress, desc=f"pass {pass_no}")
     if ctx.state_out is not None:
-        for key, s in zip(keys, stages, strict=True):
-            s.save_state(ctx.state_out / key)
+        for s in stages:
+            s.save_state(ctx.state_out / s.name)
     for s in stages:
         s.teardown()
 

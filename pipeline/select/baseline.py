@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.select.base import SelectParams, Selector
+from pipeline.select.base import Selector, SelectParams
 from pipeline.stages.base import to_polars
 
 

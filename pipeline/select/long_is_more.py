@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from pipeline.select.base import SelectParams, Selector
+from pipeline.select.base import Selector, SelectParams
 from pipeline.stages.base import to_polars
 from pipeline.stages.length_filter import Length
 
