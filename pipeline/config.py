@@ -76,7 +76,7 @@ class Config(_Strict):
     base_dir: str = Field(".", exclude=True)
 
     def build_stages(self) -> list[Stage]:
-        return [get_stage(e.stage)(e.params()) for e in self.stages]
+        return [get_stage(e.stage)(e.params(), base_dir=self.base_dir) for e in self.stages]
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -138,7 +138,7 @@ def load_config(source: str | Path | dict[str, Any], base_dir: str | Path | None
     for i, entry in enumerate(cfg.stages):
         cls = get_stage(entry.stage)
         try:
-            cls.Params(**entry.params())
+            cls.Params.model_validate(entry.params(), context={"base_dir": str(base)})
         except ValidationError as e:
             problems += _error_lines(e, raw, ("stages", i), allowed=sorted(cls.Params.model_fields))
     for i, src in enumerate(cfg.sources):

@@ -318,7 +318,7 @@ class _BatchBuilder:
         self.rj_reason.append(reason)
         self.rj_raw.append(raw)
 
-    def add(self, row: int, rec: Any, fmt: str) -> None:
+    def add(self, row: int, rec: Any, fmt: str, fallback: bool = False) -> None:
         if isinstance(rec, _Raw):
             self.reject(row, rec.reason, rec.raw)
             return
@@ -326,7 +326,15 @@ class _BatchBuilder:
             self.reject(row, f"record must be an object, got {type(rec).__name__}", _raw_text(rec))
             return
         try:
-            msgs, rest = FORMATS[fmt](rec)
+            try:
+                msgs, rest = FORMATS[fmt](rec)
+            except Reject:
+                # auto-detected sources may mix formats: a record that lacks the source's fields
+                # is mapped by its own format, so its reject reason (if any) is the meaningful one
+                other = detect_format(rec) if fallback else None
+                if other is None or other == fmt:
+                    raise
+                msgs, rest = FORMATS[other](rec)
             mid = message_id(msgs)
             meta = orjson.dumps(rest, option=orjson.OPT_NON_STR_KEYS, default=str).decode() if rest else None
         except Reject as e:
@@ -374,6 +382,7 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
         raise SourceError(f"{spec.path}: unknown format {spec.format!r}; allowed: auto, {', '.join(FORMATS)}")
     records = iter_records(spec, batch_rows)
     fmt = None if spec.format == "auto" else spec.format
+    auto = fmt is None
     builder = _BatchBuilder(spec.source_name)
     undetected: list[tuple[int, Any]] = []
     for row, rec in records:
@@ -387,9 +396,9 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
                     undetected.clear()
                 continue
             for r, x in undetected:
-                builder.add(r, x, fmt)
+                builder.add(r, x, fmt, auto)
             undetected.clear()
-        builder.add(row, rec, fmt)
+        builder.add(row, rec, fmt, auto)
         if len(builder) >= batch_rows:
             yield builder.build(fmt)
             builder = _BatchBuilder(spec.source_name)

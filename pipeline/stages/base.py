@@ -54,13 +54,26 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import polars as pl
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 from pipeline.schema import KEY_COLUMNS, with_decision
+
+
+def _resolve_path(v: str, info: ValidationInfo) -> str:
+    base = (info.context or {}).get("base_dir") if info is not None else None
+    p = Path(v).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return str(p)
+
+
+#: A file or directory parameter. In a config it is resolved against the config file's directory
+#: (like ``sources[].path``); from Python, against the current directory.
+LocalPath = Annotated[str, AfterValidator(_resolve_path)]
 
 
 class StageParams(BaseModel):
@@ -127,11 +140,13 @@ class Stage:
     version: ClassVar[str] = "1"  # bump when the stage computes something different for the same params
     is_selector: ClassVar[bool] = False
 
-    def __init__(self, params: StageParams | dict[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, /, *, base_dir: str | Path | None = None,
+                 **kwargs: Any) -> None:
         if isinstance(params, StageParams):
             self.params = params.model_copy(update=kwargs) if kwargs else params
         else:
-            self.params = self.Params(**{**(params or {}), **kwargs})
+            context = {"base_dir": str(base_dir)} if base_dir is not None else None
+            self.params = self.Params.model_validate({**(params or {}), **kwargs}, context=context)
         self.ctx = RunContext()
         self._ready = False
 

@@ -1,0 +1,67 @@
+"""Heuristics on real rows and on constructed edge cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.io.readers import read_table
+from pipeline.stages import heuristics
+from pipeline.stages.heuristic_filter import rep_ngram_ratio
+
+
+def _row(user: str, assistant: str | list[str]) -> dict:
+    turns = [assistant] if isinstance(assistant, str) else assistant
+    msgs = []
+    for a in turns:
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": a}]
+    return {"id": "x", "source": "t", "source_row": 0, "messages": msgs, "meta": None}
+
+
+def test_rules_on_constructed_rows() -> None:
+    loop = "I am sorry. " * 40
+    df = pl.DataFrame([
+        _row("What is 2+2?", "4, because two plus two is four."),
+        _row("Hi", "   "),
+        _row("Repeat: Hello, World!", "hello world"),
+        _row("Tell me a story.", loop),
+        _row("Draw a line", "---- ==== #### !!!! ???? ****"),
+        _row("a", ["fine", ""]),
+    ])
+    out = heuristics(df)
+    reasons = out["drop_reason"].to_list()
+    assert reasons[0] is None
+    assert reasons[1] == "heuristics:empty_response"
+    assert reasons[2] is None  # "repeat: hello world" is not an echo of "hello world"
+    assert reasons[3] == "heuristics:rep_ngram_ratio>0.5"
+    assert reasons[4].startswith("heuristics:non_alnum_ratio")
+    assert reasons[5] == "heuristics:empty_response"  # any empty assistant turn
+    assert out["heur_rep_ngram_ratio"][3] > 0.9
+    assert out["heur_rep_ngram_ratio"][0] == 0.0
+
+
+def test_echo_detection_normalises() -> None:
+    df = pl.DataFrame([_row("Translate to English: Bonjour, le monde!", "Hello, world!")])
+    assert heuristics(df)["heur_response_eq_instruction"][0] is False
+    df = pl.DataFrame([_row("Bonjour, le MONDE!", "bonjour le monde")])
+    out = heuristics(df)
+    assert out["heur_response_eq_instruction"][0] is True
+    assert out["drop_reason"][0] == "heuristics:response_eq_instruction"
+
+
+def test_rep_ngram_ratio_reference() -> None:
+    words = pl.Series([["a", "b", "c", "a", "b", "c"], ["x"], [], ["a", "b", "a", "b"]])
+    got = rep_ngram_ratio(words, 2).to_list()
+    # bigrams: ab bc ca ab bc -> 3 distinct of 5; x: none; ab ba ab -> 2 of 3
+    assert got == [1 - 3 / 5, 0.0, 0.0, 1 - 2 / 3]
+
+
+def test_real_sharegpt_rows(real_dir: Path) -> None:
+    rows, _ = read_table(str(real_dir / "sharegpt_17k.parquet"))
+    out = heuristics(rows.head(3000))
+    assert out.height == 3000
+    frac = 1 - out["keep"].mean()
+    assert 0 < frac < 0.2  # the rules bite, but only on a small share of real chat data
+    ends = out.filter(pl.col("heur_ends_with_user"))
+    assert (ends["messages"].list.last().struct.field("role") != "assistant").all()

@@ -1,0 +1,94 @@
+"""`curate` end to end on the bundled real sample: run, inspect, formats, and exact accounting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.io.shards import list_shards
+
+REPO = Path(__file__).resolve().parents[1]
+CURATE = [sys.executable, "-m", "pipeline.cli"]
+
+
+def _curate(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*CURATE, *args], cwd=REPO, capture_output=True, text=True, check=check, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    p = _curate("run", "configs/demo.yaml", "--engine", "local", "--out", str(out), "--run-id", "t1", "--quiet")
+    run_dir = Path(p.stdout.strip().splitlines()[-1])
+    assert run_dir == out / "t1"
+    return run_dir
+
+
+def test_run_writes_the_layout(demo_run: Path) -> None:
+    m = json.loads((demo_run / "manifest.json").read_text())
+    assert m["status"] == "complete"
+    for d in ("shards", "selected", "rejects"):
+        assert list_shards(demo_run / d), d
+    assert not (demo_run / "work").exists()
+    assert not list(demo_run.rglob(".*.tmp"))
+    c = m["counts"]
+    assert c["read"] == c["kept"] + c["dropped"] + c["rejected"]
+    assert c["balanced"] is True
+    # the sample's bad rows are all rejected, with reasons, and nothing else is
+    rejects = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "rejects")])
+    assert rejects.height == c["rejected"] == 9
+    assert set(rejects["source"]) == {"bad_rows.jsonl"}
+    shards = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "shards")])
+    assert shards.height == c["kept"] + c["dropped"]
+    assert (shards.filter(~pl.col("keep"))["drop_reason"].is_not_null()).all()
+    assert shards.filter(pl.col("keep"))["drop_reason"].is_null().all()
+    assert sum(c["dropped_by_reason"].values()) == c["dropped"]
+    # every declared column is present in every shard, with the declared type
+    declared = m["layout"]["shard_columns"]
+    assert set(declared) <= set(shards.columns)
+    # read counts per source match the input files
+    per_source = {s["name"]: s["read"] for s in m["sources"]}
+    assert per_source["t0_templated.parquet"] == 2000
+    assert per_source["gsm8k_train_planted.jsonl.gz"] == 1020
+    sel = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "selected")])
+    assert sel.height == c["selected"] == 1000
+    assert sel["keep"].all() and sel["selected"].all()
+    # Long-is-More picked the longest kept responses
+    kept = shards.filter(pl.col("keep"))
+    threshold = kept["len_response_tokens"].sort(descending=True)[999]
+    assert sel["len_response_tokens"].min() >= threshold
+    assert m["versions"]["polars"] == pl.__version__
+    assert len(m["config_hash"]) == 16
+
+
+def test_inspect(demo_run: Path) -> None:
+    out = _curate("inspect", str(demo_run)).stdout
+    assert "drop reasons:" in out and "len_response_tokens" in out
+    m = json.loads((demo_run / "manifest.json").read_text())
+    assert f"{m['counts']['read']:,}" in out
+
+
+def test_formats() -> None:
+    out = _curate("formats").stdout
+    for f in ("sharegpt", "alpaca", "messages", "prompt_completion", "question_answer"):
+        assert f in out
+
+
+def test_bad_config_fails_before_work(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run: {{out: {tmp_path / 'o'}}}\nsources:\n  - path: {REPO}/data/sample/code_alpaca.json\n"
+                   "stages:\n  - stage: length\n    max_turn: 3\n")
+    p = _curate("run", str(cfg), "--engine", "local", check=False)
+    assert p.returncode == 2
+    assert "stages[0] (length).max_turn: unknown field" in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_inspect_on_a_non_run(tmp_path: Path) -> None:
+    p = _curate("inspect", str(tmp_path), check=False)
+    assert p.returncode == 2 and "not a run directory" in p.stderr
