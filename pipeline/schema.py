@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import orjson
 import polars as pl
 import pyarrow as pa
 import xxhash
@@ -86,13 +85,51 @@ def polars_schema(schema: pa.Schema) -> dict[str, pl.DataType]:
 
 
 def message_id(messages: Sequence[dict[str, str]]) -> str:
-    """Stable content id of a conversation: xxh3-128 over its (role, content) pairs.
+    """Stable content id of a conversation: xxh3-128 (hex) of its length-prefixed (role, content) pairs.
 
-    Raises ``orjson.JSONEncodeError`` on strings that are not valid Unicode (lone surrogates),
-    which the readers turn into a reject.
+    The payload is ``role|len(content)|content`` per message, concatenated, UTF-8: unambiguous, and
+    the same bytes :func:`message_id_payload_expr` builds in Polars. Raises ``UnicodeEncodeError``
+    on text that is not valid Unicode (lone surrogates), which the readers turn into a reject.
     """
-    payload = orjson.dumps([[m["role"], m["content"]] for m in messages])
-    return xxhash.xxh3_128_hexdigest(payload)
+    payload = "".join(f"{m['role']}|{len(m['content'])}|{m['content']}" for m in messages)
+    return xxhash.xxh3_128_hexdigest(payload.encode("utf-8"))
+
+
+def message_id_payload_expr(messages: str = "messages") -> pl.Expr:
+    """The :func:`message_id` payload of each row as a Polars String expression."""
+    el = pl.element()
+    role, content = el.struct.field("role"), el.struct.field("content")
+    return pl.col(messages).list.eval(
+        pl.concat_str([role, pl.lit("|"), content.str.len_chars().cast(pl.String), pl.lit("|"), content])
+    ).list.join("")
+
+
+def message_part_expr(role: str, content: pl.Expr) -> pl.Expr:
+    """One message's share of the :func:`message_id` payload, from a content expression."""
+    return pl.concat_str([pl.lit(f"{role}|"), content.str.len_chars().cast(pl.String), pl.lit("|"), content])
+
+
+def hash_payloads(payloads: pl.Series) -> pl.Series:
+    """xxh3-128 hex of each UTF-8 string, hashed straight from the Arrow buffers (no Python strings)."""
+    import numpy as np
+    import pyarrow as pa
+
+    arr = payloads.cast(pl.String).to_arrow(compat_level=pl.CompatLevel.oldest())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if len(arr) == 0:
+        return pl.Series("id", [], dtype=pl.String)
+    bufs = arr.buffers()
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    off = np.frombuffer(bufs[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1].tolist()
+    data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
+    h = xxhash.xxh3_128_hexdigest
+    return pl.Series("id", [h(data[a:b]) for a, b in zip(off[:-1], off[1:], strict=True)], dtype=pl.String)
+
+
+def message_ids(messages: pl.Series) -> pl.Series:
+    """:func:`message_id` of every row of a ``messages`` column (payload built in Polars, hashed in C)."""
+    return hash_payloads(pl.DataFrame({"m": messages}).select(message_id_payload_expr("m"))["m"])
 
 
 def empty_canonical() -> pl.DataFrame:

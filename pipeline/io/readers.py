@@ -29,7 +29,16 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.io.formats import FORMATS, Reject, detect_format
-from pipeline.schema import CANONICAL, RAW_LIMIT, REJECTS, message_id
+from pipeline.schema import (
+    CANONICAL,
+    RAW_LIMIT,
+    REJECTS,
+    ROLE_ALIASES,
+    hash_payloads,
+    message_id,
+    message_ids,
+    message_part_expr,
+)
 
 CONTAINERS = ("auto", "jsonl", "json", "parquet", "hf_disk", "hf_load")
 
@@ -340,7 +349,7 @@ class _BatchBuilder:
         except Reject as e:
             self.reject(row, str(e), _raw_text(rec))
             return
-        except (orjson.JSONEncodeError, TypeError):
+        except (UnicodeEncodeError, orjson.JSONEncodeError, TypeError):
             self.reject(row, "invalid Unicode (lone surrogate) in text", _raw_text(rec))
             return
         self.ids.append(mid)
@@ -372,6 +381,199 @@ class _BatchBuilder:
         return Batch(rows, rejects, fmt)
 
 
+# ---------------------------------------------------------------- vectorised mapping of Arrow batches
+# Parquet and datasets batches of the common shapes are mapped with Polars expressions instead of
+# per-record Python; the result (messages, ids, reject reasons, meta) is the same as the record
+# mappers in pipeline.io.formats give. Anything unusual (non-string columns, content parts, mixed
+# answer keys) returns None and the batch takes the per-record path.
+
+_FLAT: dict[str, tuple[str, str | None, tuple[str, ...], str | None]] = {
+    # format: (prompt field, optional input field, answer fields in order of preference, system field)
+    "alpaca": ("instruction", "input", ("output", "response"), "system"),
+    "prompt_completion": ("prompt", None, ("completion", "canonical_solution", "response"), None),
+    "question_answer": ("question", None, ("answer", "ground_truth"), None),
+}
+
+_ALIASES_LOWER = {k.lower(): v for k, v in ROLE_ALIASES.items()}
+
+
+def _is_str(dtype: pl.DataType) -> bool:
+    return dtype in (pl.String, pl.Null)
+
+
+def _meta_expr(cols: list[str]) -> pl.Expr:
+    if not cols:
+        return pl.lit(None, dtype=pl.String)
+    return pl.struct(cols).struct.json_encode()
+
+
+def _map_flat(df: pl.DataFrame, fmt: str) -> pl.DataFrame | None:
+    prompt, extra, answers, system = _FLAT[fmt]
+    schema = df.schema
+    used = [c for c in (prompt, extra, system, *answers) if c is not None and c in schema]
+    if any(not _is_str(schema[c]) for c in used):
+        return None
+    present = [a for a in answers if a in schema]
+    # one answer key for the whole batch, else per-record semantics (meta differs per row)
+    key_idx = pl.coalesce([pl.when(pl.col(a).is_not_null()).then(pl.lit(i)) for i, a in enumerate(present)]) if present else pl.lit(None)
+    keys = df.select(key_idx.alias("k"))["k"].drop_nulls().unique()
+    if keys.len() > 1:
+        return None
+    out_key = present[keys[0]] if keys.len() == 1 else None
+    missing_answer = f"missing field '{answers[0]}'" + (f" (or {', '.join(repr(k) for k in answers[1:])})" if len(answers) > 1 else "")
+    p = pl.col(prompt) if prompt in schema else pl.lit(None, pl.String)
+    reason = pl.when(p.is_null()).then(pl.lit(f"missing field '{prompt}'"))
+    if out_key is None:
+        reason = reason.otherwise(pl.lit(missing_answer))
+        answer = pl.lit(None, pl.String)
+    else:
+        answer = pl.col(out_key)
+        reason = reason.when(answer.is_null()).then(pl.lit(missing_answer)).otherwise(pl.lit(None, pl.String))
+    user = p
+    if extra is not None and extra in schema:
+        inp = pl.col(extra)
+        user = pl.when(inp.is_not_null() & (inp.str.strip_chars().str.len_chars() > 0)).then(
+            pl.concat_str([p, pl.lit("\n\n"), inp])).otherwise(p)
+    turn = lambda role, content: pl.struct(pl.lit(role).alias("role"), content.alias("content"))  # noqa: E731
+    msgs = pl.concat_list([pl.concat_list([turn("user", user)]), pl.concat_list([turn("assistant", answer)])])
+    # the id payload straight from the columns: same bytes as message_id(), without a list pass
+    payload = pl.concat_str([message_part_expr("user", user), message_part_expr("assistant", answer)])
+    if system is not None and system in schema:
+        sys_ = pl.col(system)
+        has_sys = sys_.is_not_null() & (sys_.str.len_chars() > 0)
+        msgs = pl.when(has_sys).then(pl.concat_list([pl.concat_list([turn("system", sys_)]), msgs])).otherwise(msgs)
+        payload = pl.when(has_sys).then(pl.concat_str([message_part_expr("system", sys_), payload])).otherwise(payload)
+    drop = {prompt, extra, system, out_key}
+    rest = [c for c in df.columns if c not in drop and c != "_row"]
+    return df.select(pl.col("_row"), reason.alias("_reason"), msgs.alias("messages"), _meta_expr(rest).alias("meta"),
+                     payload.alias("_payload"))
+
+
+def _map_turns(df: pl.DataFrame, key: str) -> pl.DataFrame | None:
+    schema = df.schema
+    if key not in schema or "system" in schema:
+        return None
+    dt = schema[key]
+    if not isinstance(dt, pl.List) or not isinstance(dt.inner, pl.Struct):
+        return None
+    fields = {f.name: f.dtype for f in dt.inner.fields}
+    rk = "from" if "from" in fields else "role"
+    ck = "value" if "value" in fields else "content"
+    if rk not in fields or ck not in fields or not _is_str(fields[rk]) or not _is_str(fields[ck]):
+        return None
+    el = pl.element()
+    idx = pl.int_range(pl.len()).cast(pl.String)
+    raw_role = el.struct.field(rk)
+    role = raw_role.str.strip_chars().str.to_lowercase().replace_strict(_ALIASES_LOWER, default=None, return_dtype=pl.String)
+    content = el.struct.field(ck)
+    where = pl.concat_str([pl.lit(f"{key}["), idx, pl.lit("]")])
+    turn_err = (
+        pl.when(el.is_null()).then(pl.concat_str([where, pl.lit(" must be an object, got NoneType")]))
+        .when(raw_role.is_null()).then(pl.concat_str([where, pl.lit(": role must be a string, got NoneType")]))
+        .when(role.is_null()).then(pl.concat_str([where, pl.lit(": unknown role '"), raw_role, pl.lit("'")]))
+        .when(content.is_null()).then(pl.concat_str([where, pl.lit(": missing content")]))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    c = pl.col(key)
+    tmp = df.select(
+        pl.col("_row"),
+        c.is_null().alias("_missing"),
+        c.list.eval(turn_err).list.drop_nulls().list.first().alias("_turn_err"),
+        c.list.eval(pl.struct(role.alias("role"), content.alias("content"))).alias("messages"),
+        _meta_expr([x for x in df.columns if x not in (key, "_row")]).alias("meta"),
+    )
+    roles = pl.col("messages").list.eval(el.struct.field("role"))
+    reason = (
+        pl.when(pl.col("_missing")).then(pl.lit(f"missing field '{key}'"))
+        .when(pl.col("_turn_err").is_not_null()).then(pl.col("_turn_err"))
+        .when(pl.col("messages").list.len() == 0).then(pl.lit("empty conversation"))
+        .when(~roles.list.contains("assistant")).then(pl.lit("no assistant turn"))
+        .when(~roles.list.contains("user")).then(pl.lit("no user turn"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    return tmp.select(pl.col("_row"), reason.alias("_reason"), pl.col("messages"), pl.col("meta"))
+
+
+def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, source: str) -> Batch | None:
+    """Map a whole Arrow batch of records in format ``fmt`` at once; None if it needs the per-record path."""
+    if fmt not in _FLAT and fmt not in ("sharegpt", "messages"):
+        return None
+    try:
+        df = pl.from_arrow(rb)
+    except Exception:  # exotic Arrow types: let the per-record path report them
+        return None
+    assert isinstance(df, pl.DataFrame)
+    df = df.with_row_index("_row", offset=start_row)
+    mapped = _map_flat(df, fmt) if fmt in _FLAT else _map_turns(df, "conversations" if fmt == "sharegpt" else "messages")
+    if mapped is None:
+        return None
+    n_bad = mapped["_reason"].null_count()
+    if n_bad == mapped.height:  # the common case: no rejects, no copies
+        good, bad = mapped, mapped.clear()
+    else:
+        bad = mapped.filter(pl.col("_reason").is_not_null())
+        good = mapped.filter(pl.col("_reason").is_null())
+    if bad.height:
+        raw = df.join(bad.select("_row"), on="_row", how="semi").drop("_row")
+        raw_text = raw.select(pl.struct(raw.columns).struct.json_encode().str.slice(0, RAW_LIMIT).alias("raw"))["raw"] if raw.width else pl.Series("raw", [""] * bad.height)
+    else:
+        raw_text = pl.Series("raw", [], dtype=pl.String)
+    rows = pl.DataFrame({
+        "id": hash_payloads(good["_payload"]) if "_payload" in good.columns else message_ids(good["messages"]),
+        "source": pl.Series([source] * good.height, dtype=pl.String),
+        "source_row": good["_row"].cast(pl.Int64),
+        "messages": good["messages"],
+        "meta": good["meta"],
+    }).to_arrow().cast(CANONICAL)
+    rejects = pl.DataFrame({
+        "source": pl.Series([source] * bad.height, dtype=pl.String),
+        "source_row": bad["_row"].cast(pl.Int64),
+        "reason": bad["_reason"],
+        "raw": raw_text,
+    }).to_arrow().cast(REJECTS)
+    return Batch(rows, rejects, fmt)
+
+
+def _read_arrow_source(spec: SourceSpec, batch_rows: int, fmt: str | None) -> Iterator[Batch] | None:
+    """Vectorised reading of a Parquet source; None when the format needs the per-record path."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(spec.path)
+    except (OSError, pa.ArrowException) as e:
+        raise SourceError(f"{spec.path}: cannot open as Parquet: {e}") from e
+    if fmt is None:
+        first = next(pf.iter_batches(batch_size=1), None)
+        if first is None:
+            return iter(())
+        fmt = detect_format(first.to_pylist()[0])
+        if fmt is None:
+            return None
+
+    def gen() -> Iterator[Batch]:
+        start = 0
+        try:
+            for rb in pf.iter_batches(batch_size=batch_rows):
+                b = map_arrow_batch(rb, fmt, start, spec.source_name)
+                if b is None:  # this batch needs the per-record mappers
+                    builder = _BatchBuilder(spec.source_name)
+                    for j, rec in enumerate(rb.to_pylist()):
+                        builder.add(start + j, rec, fmt, spec.format == "auto")
+                    b = builder.build(fmt)
+                yield b
+                start += rb.num_rows
+        except (OSError, pa.ArrowException) as e:
+            yield _raw_batch(spec, start, f"unreadable Parquet data after row {start}: {e}", fmt)
+
+    return gen()
+
+
+def _raw_batch(spec: SourceSpec, row: int, reason: str, fmt: str | None) -> Batch:
+    b = _BatchBuilder(spec.source_name)
+    b.reject(row, reason, "")
+    return b.build(fmt)
+
+
 def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
     """Stream one source as canonical batches of at most ``batch_rows`` input records.
 
@@ -380,8 +582,16 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
     """
     if spec.format != "auto" and spec.format not in FORMATS:
         raise SourceError(f"{spec.path}: unknown format {spec.format!r}; allowed: auto, {', '.join(FORMATS)}")
-    records = iter_records(spec, batch_rows)
     fmt = None if spec.format == "auto" else spec.format
+    container = spec.container if spec.container != "auto" else detect_container(spec.path)
+    if container == "parquet":
+        if not os.path.exists(spec.path):
+            raise SourceError(f"{spec.path}: no such file")
+        fast = _read_arrow_source(spec, batch_rows, fmt)
+        if fast is not None:
+            yield from fast
+            return
+    records = iter_records(spec, batch_rows)
     auto = fmt is None
     builder = _BatchBuilder(spec.source_name)
     undetected: list[tuple[int, Any]] = []

@@ -92,7 +92,7 @@ def test_sharegpt_odd_roles_and_rejects(real_dir: Path) -> None:
 
 def test_alpaca_mapping_and_meta(real_dir: Path) -> None:
     rows, _ = read_table(str(real_dir / "new_codealpaca.json.gz"))
-    first = json.loads(gzip.open(real_dir / "new_codealpaca.json.gz").read())[0]
+    first = json.loads(gzip.decompress((real_dir / "new_codealpaca.json.gz").read_bytes()))[0]
     msgs = rows["messages"][0].to_list()
     assert msgs[0] == {"role": "user", "content": f"{first['instruction']}\n\n{first['input']}"}
     assert msgs[1] == {"role": "assistant", "content": first["output"]}
@@ -123,7 +123,7 @@ def test_forced_format_and_meta_roundtrip(tmp_path: Path) -> None:
 
 def test_hf_datasets_sources(tmp_path: Path, real_dir: Path) -> None:
     datasets = pytest.importorskip("datasets")
-    src = [json.loads(line) for line in gzip.open(real_dir / "gsm8k_test.jsonl.gz")][:50]
+    src = [json.loads(line) for line in gzip.decompress((real_dir / "gsm8k_test.jsonl.gz").read_bytes()).splitlines()][:50]
     ds = datasets.Dataset.from_list(src)
     ds.save_to_disk(str(tmp_path / "saved"))
     rows, rejects = read_table(str(tmp_path / "saved"))

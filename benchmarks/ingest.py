@@ -1,0 +1,130 @@
+"""Ingest + length benchmark: real files, and a 1M-row file synthesised by repeating them.
+
+Each case runs in a fresh subprocess so peak RSS (ru_maxrss) belongs to that case alone.
+Columns: rows, seconds, rows/s, peak RSS. The peer is Hugging Face ``datasets``: load the same file
+and map it to chat messages with a batched ``map`` (what a user would otherwise write).
+
+    .venv/bin/python benchmarks/ingest.py [--real ../shared/data/real] [--big-rows 1000000] [--skip-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _case_ours(path: str, shard_rows: int, with_length: bool) -> dict:
+    import polars as pl
+
+    from pipeline.io.readers import SourceSpec
+    from pipeline.runner import ingest_source
+    from pipeline.stages.length_filter import Length
+
+    out = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    t0 = time.perf_counter()
+    info = ingest_source(SourceSpec(path=path), out / "shards", out / "rejects", shard_rows, 10_000)
+    t_ingest = time.perf_counter() - t0
+    t_len = 0.0
+    if with_length:
+        stage = Length()
+        t1 = time.perf_counter()
+        for p in info["shards"]:
+            df = stage(pl.read_parquet(p))
+            df.write_parquet(p)  # the runner writes every shard back once per pass
+        t_len = time.perf_counter() - t1
+    return {"rows": info["read"], "rejected": info["rejected"], "ingest_s": t_ingest, "length_s": t_len}
+
+
+def _case_peer(path: str) -> dict:
+    import datasets
+
+    datasets.disable_progress_bars()
+    t0 = time.perf_counter()
+    ds = datasets.load_dataset("parquet", data_files=path, split="train", cache_dir=tempfile.mkdtemp())
+    cols = ds.column_names
+    if "conversations" in cols:
+        def fn(b: dict) -> dict:
+            role = {"human": "user", "gpt": "assistant", "system": "system"}
+            return {"messages": [[{"role": role.get(t["role"], t["role"]), "content": t["content"]} for t in c]
+                                 for c in b["conversations"]]}
+    else:
+        def fn(b: dict) -> dict:
+            return {"messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": c}]
+                                 for p, c in zip(b["prompt"], b["completion"], strict=True)]}
+    ds = ds.map(fn, batched=True, remove_columns=cols, num_proc=None)
+    return {"rows": len(ds), "rejected": 0, "ingest_s": time.perf_counter() - t0, "length_s": 0.0}
+
+
+def _child(args: argparse.Namespace) -> None:
+    res = _case_peer(args.path) if args.peer else _case_ours(args.path, args.shard_rows, args.length)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(res))
+
+
+def _run(path: Path, *, peer: bool = False, length: bool = True, shard_rows: int = 50_000) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--path", str(path), "--shard-rows", str(shard_rows)]
+    if peer:
+        cmd.append("--peer")
+    if length:
+        cmd.append("--length")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def synthesize(real: Path, rows: int, dest: Path) -> Path:
+    """A Parquet file of ``rows`` T0 prompt/completion rows, repeating the real file (row groups of 10k)."""
+    import pyarrow.parquet as pq
+
+    src = pq.read_table(real / "t0_templated_50k.parquet")
+    with pq.ParquetWriter(dest, src.schema, compression="zstd") as w:
+        left = rows
+        while left > 0:
+            take = src.slice(0, min(left, src.num_rows))
+            w.write_table(take, row_group_size=10_000)
+            left -= take.num_rows
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--real", default=str(REPO.parent / "shared" / "data" / "real"))
+    ap.add_argument("--big-rows", type=int, default=1_000_000)
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--path")
+    ap.add_argument("--peer", action="store_true")
+    ap.add_argument("--length", action="store_true")
+    ap.add_argument("--shard-rows", type=int, default=50_000)
+    args = ap.parse_args()
+    if args.child:
+        _child(args)
+        return
+    real = Path(args.real)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-src-"))
+    cases = [("t0_templated_50k.parquet", real / "t0_templated_50k.parquet"),
+             ("sharegpt_17k.parquet", real / "sharegpt_17k.parquet")]
+    for n in sorted({args.big_rows // 10, args.big_rows}):
+        cases.append((f"t0 repeated, {n:,} rows", synthesize(real, n, tmp / f"t0_{n}.parquet")))
+    print(f"{'input':<28} {'tool':<22} {'rows':>10} {'ingest s':>9} {'length s':>9} {'rows/s':>10} {'peak RSS MB':>12}")
+    for label, path in cases:
+        runs = [("sft-curate ingest+length", _run(path))]
+        if not args.skip_peer:
+            runs.append(("datasets load+map", _run(path, peer=True, length=False)))
+        for tool, r in runs:
+            total = r["ingest_s"] + r["length_s"]
+            print(f"{label:<28} {tool:<22} {r['rows']:>10,} {r['ingest_s']:>9.2f} {r['length_s']:>9.2f} "
+                  f"{r['rows'] / total:>10,.0f} {r['peak_rss_mb']:>12,.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
