@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# a project-local Prefect home: the demo's SQLite database lives here, not in ~/.prefect
+export PREFECT_HOME ?= $(CURDIR)/.prefect
 
 .PHONY: setup demo test lint bench clean
 
