@@ -119,9 +119,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.export import export
+    from pipeline.export import ExportError, export
 
-    info = export(Path(args.run_dir), args.format, Path(args.out), where=args.where, with_scores=args.with_scores)
+    try:
+        info = export(Path(args.run_dir), args.format, Path(args.out), where=args.where,
+                      with_scores=args.with_scores, push_to_hub=args.push_to_hub)
+    except (ExportError, PermissionError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -150,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["messages", "sharegpt", "alpaca", "hf"], default="messages")
     ex.add_argument("--out", required=True)
     ex.add_argument("--where", help="a Polars SQL filter over the scored shards, e.g. \"ifd < 0.9\"")
-    ex.add_argument("--with-scores", action="store_true")
+    ex.add_argument("--with-scores", action="store_true", help="carry the score columns along")
+    ex.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to this Hub dataset repo (needs credentials)")
     ex.set_defaults(fn=cmd_export)
     return ap
 

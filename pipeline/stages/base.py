@@ -138,6 +138,8 @@ class Stage:
     global_inputs: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
     version: ClassVar[str] = "1"  # bump when the stage computes something different for the same params
+    #: first field of this stage's drop reasons (``minhash`` in ``minhash:dup``); defaults to ``name``
+    reason_prefix: ClassVar[str] = ""
     is_selector: ClassVar[bool] = False
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None, /, *, base_dir: str | Path | None = None,
@@ -189,6 +191,10 @@ class Stage:
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @classmethod
+    def drop_prefix(cls) -> str:
+        return cls.reason_prefix or cls.name
 
     def output_schema(self) -> dict[str, Any]:
         return dict(self.columns)
