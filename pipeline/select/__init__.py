@@ -1,29 +1,17 @@
 """Selectors under a budget, as plain functions: ``select.kmq(table, budget=1000, score="deita_score")``.
 
-Each returns the table with ``selected``, ``select_reason`` and ``select_rank`` filled.
+Each returns the table with ``selected``, ``select_reason`` and ``select_rank`` filled. The
+functions are imported eagerly (their modules import only NumPy/Polars; faiss and torch load when
+a selector runs), so ``select.kmq`` is always the function, never the submodule of the same name.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.select.baseline import random, top_k
+from pipeline.select.ds2 import ds2
+from pipeline.select.kmq import kmq
+from pipeline.select.long_is_more import long_is_more
+from pipeline.select.rds import rds_plus
+from pipeline.select.repr_filter import repr_filter
 
-_FUNCS = {
-    "random": "pipeline.select.baseline:random",
-    "top_k": "pipeline.select.baseline:top_k",
-    "long_is_more": "pipeline.select.long_is_more:long_is_more",
-    "kmq": "pipeline.select.kmq:kmq",
-    "repr_filter": "pipeline.select.repr_filter:repr_filter",
-    "rds_plus": "pipeline.select.rds:rds_plus",
-    "ds2": "pipeline.select.ds2:ds2",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FUNCS:
-        mod, _, attr = _FUNCS[name].partition(":")
-        return getattr(importlib.import_module(mod), attr)
-    raise AttributeError(f"module 'pipeline.select' has no attribute {name!r}")
-
-
-__all__ = list(_FUNCS)
+__all__ = ["random", "top_k", "long_is_more", "kmq", "repr_filter", "rds_plus", "ds2"]

