@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # a project-local Prefect home: the demo's SQLite database lives here, not in ~/.prefect
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint serve clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,3 +35,13 @@ lint: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Nightly curation on a schedule: a Prefect server on 127.0.0.1:$(PREFECT_PORT) (SQLite under .prefect/),
+# then the deployment of $(NIGHTLY) served over $(INBOX); Ctrl-C stops both. UI: http://127.0.0.1:$(PREFECT_PORT)
+PREFECT_PORT ?= 4200
+NIGHTLY ?= configs/nightly.yaml
+INBOX ?= data/inbox
+
+serve: setup
+	mkdir -p $(INBOX)
+	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/python -m flows.deploy up $(NIGHTLY) --port $(PREFECT_PORT) --input-dir $(INBOX)

@@ -44,10 +44,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_flow(args.config, out=args.out, run_id=args.run_id, quiet=args.quiet)
         run_dir, manifest = Path(result["run_dir"]), result["manifest"]
     else:
-        from pipeline.runner import run
+        from pipeline.runner import finish_run, run
 
-        res = run(cfg, out=args.out, run_id=args.run_id, progress=not args.quiet, log=lambda m: _print(m, args.quiet))
+        log = lambda m: _print(m, args.quiet)  # noqa: E731
+        res = run(cfg, out=args.out, run_id=args.run_id, progress=not args.quiet, log=log)
         run_dir, manifest = res.run_dir, res.manifest
+        if manifest["status"] == "complete":
+            finish_run(run_dir, cfg, log)
     c = manifest["counts"]
     _print(
         f"read {c['read']:,} = kept {c['kept']:,} + dropped {c['dropped']:,} + rejected {c['rejected']:,}"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.export import ExportSpec
 from pipeline.io.formats import FORMATS
 from pipeline.io.readers import CONTAINERS
 from pipeline.stages import available_stages, get_stage
@@ -41,6 +43,7 @@ class RunSettings(_Strict):
     state_in: str | None = None
     save_state: bool = False
     cache_dir: str | None = None
+    report: bool = Field(True, description="write report.html + figures/ when `curate run` or the flow finishes")
 
 
 class SourceConfig(_Strict):
@@ -50,6 +53,62 @@ class SourceConfig(_Strict):
     format: Literal[("auto", *FORMATS)] = "auto"  # type: ignore[valid-type]
     hf_builder: str | None = None
     hf_split: str = "train"
+
+
+class ScheduleSettings(_Strict):
+    """When the deployment runs: a cron expression (``0 2 * * *``) or a fixed interval."""
+
+    cron: str | None = None
+    interval_s: float | None = Field(None, gt=0)
+    anchor: datetime | None = Field(None, description="first run of an interval schedule (default: now)")
+    timezone: str = "UTC"
+    deployment: str = Field("nightly", pattern=r"^[A-Za-z0-9._-]+$")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if len(v.split()) not in (5, 6):
+            raise ValueError(f"a cron expression has 5 fields (minute hour day month weekday), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleSettings:
+        if (self.cron is None) == (self.interval_s is None):
+            raise ValueError("set exactly one of cron or interval_s")
+        return self
+
+
+class IncrementalSettings(_Strict):
+    """Nightly curation of a growing directory: only new files are processed each run."""
+
+    input_dir: str
+    pattern: str = Field("*", description="glob of input files under input_dir, e.g. '**/*.jsonl.gz'")
+    container: Literal[CONTAINERS] = "auto"  # type: ignore[valid-type]
+    format: Literal[("auto", *FORMATS)] = "auto"  # type: ignore[valid-type]
+    home: str | None = Field(None, description="ledger, dedup state, pool and selections (default <out>/<name>.incremental)")
+
+
+class FlowSettings(_Strict):
+    """Orchestration settings read by ``flows/`` (the local engine ignores them)."""
+
+    task_runner: Literal["threads", "processes", "dask", "ray"] = "threads"
+    address: str | None = Field(None, description="an existing Dask scheduler (tcp://host:8786) or Ray cluster (ray://host:10001 or 'auto')")
+    max_workers: int | None = Field(None, ge=1, description="threads/processes, or workers of a local Dask/Ray cluster")
+    shards_per_task: int | None = Field(None, ge=1, description="shards per Prefect task (default: 1; batched "
+                                       "on a local Dask/Ray cluster, where each task costs API round trips)")
+    retries: int = Field(2, ge=0, description="retries of tasks that fail transiently (model load, OOM, I/O)")
+    retry_delay_s: float = Field(2.0, ge=0, description="first retry delay; doubles each retry")
+    work_dir: str | None = Field(None, description="content-addressed step results shared across runs (default <out>/.work)")
+    schedule: ScheduleSettings | None = None
+    incremental: IncrementalSettings | None = None
+
+    @model_validator(mode="after")
+    def _address(self) -> FlowSettings:
+        if self.address and self.task_runner not in ("dask", "ray"):
+            raise ValueError(f"address is for task_runner dask or ray, not {self.task_runner!r}")
+        return self
 
 
 class StageEntry(BaseModel):
@@ -70,10 +129,17 @@ class StageEntry(BaseModel):
 
 class Config(_Strict):
     run: RunSettings = RunSettings()
-    sources: list[SourceConfig] = Field(..., min_length=1)
+    sources: list[SourceConfig] = Field(default_factory=list)
     stages: list[StageEntry] = Field(default_factory=list)
-    flow: dict[str, Any] = Field(default_factory=dict, description="orchestration settings read by flows/")
+    flow: FlowSettings = Field(default_factory=FlowSettings, description="orchestration settings read by flows/")
+    export: list[ExportSpec] = Field(default_factory=list, description="exports written after the run completes")
     base_dir: str = Field(".", exclude=True)
+
+    @model_validator(mode="after")
+    def _has_input(self) -> Config:
+        if not self.sources and self.flow.incremental is None:
+            raise ValueError("sources: List should have at least 1 item (or set flow.incremental.input_dir)")
+        return self
 
     def build_stages(self) -> list[Stage]:
         return [get_stage(e.stage)(e.params(), base_dir=self.base_dir) for e in self.stages]
@@ -108,7 +174,8 @@ def _error_lines(err: ValidationError, raw: dict[str, Any], prefix: tuple[Any, .
             msg = f"unknown field; allowed: {', '.join(allowed)}"
         elif e["type"] == "extra_forbidden":
             msg = "unknown field"
-        lines.append(f"{_fmt_loc(loc, raw)}: {msg}")
+        # a model-level check names its field in its message ("sources: at least one source ...")
+        lines.append(f"{_fmt_loc(loc, raw)}: {msg}" if loc else msg.removeprefix("Value error, "))
     return lines
 
 

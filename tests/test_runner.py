@@ -1,0 +1,180 @@
+"""The in-process engine and the content-addressed building blocks the flows use (no Prefect here)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.config import load_config
+from pipeline.io.readers import SourceSpec
+from pipeline.runner import (
+    ShardChain,
+    WorkStore,
+    build_plan,
+    gather_chains,
+    ingest_cached,
+    read_chain,
+    release_stage,
+    run,
+    run_global,
+    run_segment,
+    step_meta,
+)
+from pipeline.stages.base import RunContext
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+ALPACA = REAL / "code_alpaca_2k.json.gz"
+FASTCHAT = REAL / "fastchat_dummy_conversation.json.gz"
+
+
+def _load(path: Path) -> list:
+    with gzip.open(path) as f:
+        return json.loads(f.read())
+
+
+def _rows(path: Path) -> int:
+    return len(_load(path))
+
+
+def _stages(max_rep: float = 0.5) -> list[tuple[str, dict]]:
+    return [("length", {"min_response_tokens": 20}), ("heuristics", {"max_rep_ngram_ratio": max_rep}),
+            ("exact_dedup", {"key": "instruction"}), ("long_is_more", {"budget": 100})]
+
+
+def _execute(stages: list[tuple[str, dict]], store: WorkStore, ctx: RunContext, shard_rows: int = 300):
+    """The plan run sequentially, as :func:`pipeline.runner.run` does; (chains, step stats)."""
+    plan = build_plan(stages, ctx, store.root)
+    ref = ingest_cached(SourceSpec(path=str(ALPACA)), store, shard_rows, 1000, "part-000-")
+    chains, stats, gref = list(ref.chains), [], None
+    try:
+        for si, seg in enumerate(plan.segments):
+            res = [run_segment(plan, si, c, gref) for c in chains]
+            chains = [r.chain for r in res]
+            stats += [s for r in res for s in r.stats]
+            if seg.global_stage is not None:
+                g = run_global(plan, seg.global_stage, chains)
+                stats.append(g.stat)
+                gref = g.ref
+    finally:
+        release_stage(plan)
+    return chains, stats
+
+
+def _computed(stats) -> set[tuple[int, str]]:
+    return {(s.stage, s.kind) for s in stats if not s.cached}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config({
+        "run": {"name": "t", "out": str(out), "shard_rows": 700},
+        "sources": [{"path": str(ALPACA)}, {"path": str(FASTCHAT)}],
+        "stages": [{"stage": n, **p} for n, p in _stages()],
+    })
+    return run(cfg, run_id="r1")
+
+
+def test_local_run_accounts_for_every_row(local_run) -> None:
+    m, run_dir = local_run.manifest, local_run.run_dir
+    c = m["counts"]
+    assert c["read"] == _rows(ALPACA) + _rows(FASTCHAT)
+    assert c["balanced"] and c["read"] == c["kept"] + c["dropped"] + c["rejected"]
+    assert c["dropped_by_stage"]["exact"] > 0 and c["dropped_by_stage"]["length"] > 0
+    shards = pl.read_parquet(run_dir / "shards")
+    assert shards.height == c["read"] - c["rejected"]
+    assert shards.select("source", "source_row").is_duplicated().sum() == 0
+    for src, n in shards.group_by("source").len().iter_rows():
+        assert sorted(shards.filter(pl.col("source") == src)["source_row"]) == list(range(n))
+    sel = pl.read_parquet(run_dir / "selected")
+    assert sel.height == c["selected"] == 100
+    assert sel["keep"].all() and sel["selected"].all()
+    assert not (run_dir / "work").exists(), "the local engine removes its work store when the run completes"
+    assert [s["name"] for s in m["stages"]] == [n for n, _ in _stages()]
+    assert all(s["cache_hits"] == 0 and s["steps"] > 0 for s in m["stages"])
+    assert [s["dropped"] for s in m["stages"]] == [c["dropped_by_stage"].get(k, 0)
+                                                   for k in ("length", "heuristics", "exact", "long_is_more")]
+    assert m["stages"][2]["summary"]["duplicates"] == c["dropped_by_stage"]["exact"]
+
+
+def test_rerun_reuses_every_step_and_a_changed_threshold_recomputes_only_downstream(tmp_path: Path) -> None:
+    store = WorkStore(tmp_path / "work")
+    ctx = RunContext(run_dir=tmp_path / "run")
+    first, s1 = _execute(_stages(), store, ctx)
+    assert all(not s.cached for s in s1)
+    again, s2 = _execute(_stages(), store, ctx)
+    assert again == first and all(s.cached for s in s2), "an unchanged plan must recompute nothing"
+
+    changed, s3 = _execute(_stages(max_rep=0.2), store, ctx)
+    assert _computed(s3) == {(1, "row"), (2, "pre"), (2, "global"), (2, "post"), (3, "pre"), (3, "global"),
+                             (3, "post")}, "heuristics and everything after it, and nothing before"
+    assert all(s.cached for s in s3 if s.stage == 0)
+    dropped_before = sum((~read_chain(c.files)["keep"]).sum() for c in first)
+    dropped_after = sum((~read_chain(c.files)["keep"]).sum() for c in changed)
+    assert dropped_after > dropped_before
+
+
+def test_interrupted_entries_are_ignored_and_redone(tmp_path: Path) -> None:
+    store = WorkStore(tmp_path / "work")
+    ctx = RunContext(run_dir=tmp_path / "run")
+    chains, _ = _execute(_stages(), store, ctx)
+    expect = [read_chain(c.files) for c in chains]
+    # what a kill -9 leaves: a half-written temp file, a step file missing, a global dir not committed
+    victim = Path(chains[1].files[2])  # heuristics delta of shard 1
+    victim.unlink()
+    (victim.parent / f".{victim.name}.tmp").write_bytes(b"PAR1 truncated")
+    gdir = next((store.root / "exact_dedup" / "global").iterdir())
+    (gdir / "_meta.json").unlink()
+    again, stats = _execute(_stages(), store, ctx)
+    assert {(s.stage, s.kind) for s in stats if not s.cached} >= {(1, "row"), (2, "global")}
+    assert sum(not s.cached and s.kind == "row" for s in stats) == 1, "only the shard that lost its step"
+    assert [read_chain(c.files).equals(e) for c, e in zip(again, expect, strict=True)] == [True] * len(expect)
+    assert step_meta(victim)["rows"] == chains[1].rows
+
+
+def test_read_chain_later_files_override_and_gather_reads_only_named_columns(tmp_path: Path) -> None:
+    base = pl.DataFrame({"source": ["a"] * 3, "source_row": [0, 1, 2], "x": [1, 2, 3]})
+    d1 = pl.DataFrame({"keep": [True, False, True], "drop_reason": [None, "s:r", None], "y": [0.1, 0.2, 0.3]})
+    d2 = pl.DataFrame({"keep": [True, False, False], "drop_reason": [None, "s:r", "t:r"], "x": [7, 8, 9]})
+    files = []
+    for i, df in enumerate((base, d1, d2)):
+        files.append(str(tmp_path / f"{i}.parquet"))
+        df.write_parquet(files[-1])
+    full = read_chain(files)
+    assert full.columns == ["source", "source_row", "x", "keep", "drop_reason", "y"]
+    assert full["x"].to_list() == [7, 8, 9] and full["keep"].to_list() == [True, False, False]
+    g = gather_chains([tuple(files), tuple(files)], ["source", "source_row", "keep", "y"])
+    assert g.columns == ["source", "source_row", "keep", "y", "_shard", "_pos"]
+    assert g["_shard"].to_list() == [0, 0, 0, 1, 1, 1] and g["_pos"].to_list() == [0, 1, 2] * 2
+    pl.DataFrame({"keep": [True]}).write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(RuntimeError, match="inconsistent"):
+        read_chain([*files, str(tmp_path / "bad.parquet")])
+    assert ShardChain("n", "k", tuple(files), 3).extend("k2", tmp_path / "z").files[-1] == str(tmp_path / "z")
+
+
+def test_saved_state_deduplicates_a_later_run(tmp_path: Path) -> None:
+    """The local engine persists a global stage's state; a later run with state_in drops repeats."""
+    rows = _load(ALPACA)
+    (tmp_path / "a.json").write_text(json.dumps(rows[:600]))
+    (tmp_path / "b.json").write_text(json.dumps(rows[500:900]))
+    stages = [{"stage": "exact_dedup"}]
+    r1 = run(load_config({"run": {"save_state": True, "out": str(tmp_path / "runs")},
+                          "sources": [{"path": str(tmp_path / "a.json")}], "stages": stages}), run_id="one")
+    assert (r1.run_dir / "state" / "exact_dedup").is_dir()
+    r2 = run(load_config({"run": {"state_in": str(r1.run_dir / "state"), "out": str(tmp_path / "runs")},
+                          "sources": [{"path": str(tmp_path / "b.json")}], "stages": stages}), run_id="two")
+    shards = pl.read_parquet(r2.run_dir / "shards")
+    repeats = shards.filter(pl.col("source_row") < 100)
+    assert (repeats["drop_reason"] == "exact:dup").all()
+    assert (repeats["dup_of_source"] == "a.json").all()
+    assert r2.manifest["stages"][0]["summary"]["duplicates_of_earlier_runs"] >= 100
+
+
+def test_local_engine_refuses_an_incremental_config(tmp_path: Path) -> None:
+    cfg = load_config({"stages": [{"stage": "length"}], "flow": {"incremental": {"input_dir": str(tmp_path)}}})
+    with pytest.raises(ValueError, match="flow.incremental"):
+        run(cfg, out=tmp_path / "runs")
