@@ -79,7 +79,7 @@ def padded_batches(backend, prep: dict) -> list[tuple]:
     seqs, ctx_len = prep["seqs"], prep["ctx_len"]
     lengths = np.array([len(s) for s in seqs])
     out = []
-    for b in pack_batches(lengths, backend.token_budget, backend.spec.max_batch_size):
+    for b in pack_batches(lengths, backend.token_budget, backend.spec.max_batch_size, backend.spec.max_padding):
         L = int(lengths[b].max())
         ids = np.full((len(b), L), backend.pad_id)
         mask = np.zeros((len(b), L), dtype=np.int64)

@@ -170,7 +170,8 @@ class HFBackend:
         for i in np.flatnonzero(empty):
             err[i] = "empty"
         live = np.flatnonzero(~empty)
-        batches = [live[b] for b in pack_batches(lengths[live], self.token_budget, self.spec.max_batch_size)]
+        batches = [live[b] for b in pack_batches(lengths[live], self.token_budget, self.spec.max_batch_size,
+                                                self.spec.max_padding)]
         for b in batches:
             self._run(b, prep, lp, ent, rat, err)
         for i, cands in enumerate(prep["rating"]):

@@ -17,8 +17,9 @@ and after, so no score silently covers less text than its row.
 
 Packing (:func:`pack_batches`): sequences are sorted by length, longest first (so an out-of-memory
 error shows up on the first batch), and cut into consecutive batches whose padded size
-``batch_size x longest`` stays within ``token_budget`` tokens. Neighbours in sorted order have
-similar lengths, so little of each batch is padding (:func:`padding_waste`).
+``batch_size x longest`` stays within ``token_budget`` tokens and of which at most ``max_padding``
+(10%) is padding. Neighbours in sorted order have similar lengths, so large pools pack into full
+batches with little padding; small uneven ones into more, tighter batches (:func:`padding_waste`).
 """
 
 from __future__ import annotations
@@ -75,18 +76,27 @@ def truncate_plan(
     return TruncPlan(head, tail, tgt, truncated)
 
 
-def pack_batches(lengths: np.ndarray, token_budget: int, max_batch_size: int) -> list[np.ndarray]:
+def pack_batches(lengths: np.ndarray, token_budget: int, max_batch_size: int,
+                 max_padding: float = 0.1) -> list[np.ndarray]:
     """Indices of ``lengths`` grouped into batches, longest first, each within ``token_budget`` padded tokens.
 
-    A sequence longer than the budget gets a batch of its own.
+    A batch also ends before the row that would make more than ``max_padding`` of it padding (so a
+    small, uneven pool gets several tight batches rather than a few ragged ones). A sequence longer
+    than the budget gets a batch of its own.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
+    srt = lengths[order]
+    csum = np.concatenate([[0], np.cumsum(srt)])
     batches: list[np.ndarray] = []
     start, n = 0, len(order)
     while start < n:
-        longest = max(int(lengths[order[start]]), 1)
+        longest = max(int(srt[start]), 1)
         size = int(max(1, min(max_batch_size, token_budget // longest, n - start)))
+        # padding fraction of the batch [start, start + k) for every k <= size; it grows with k
+        k = np.arange(1, size + 1)
+        waste = 1.0 - (csum[start + k] - csum[start]) / (k * longest)
+        size = max(1, int(np.searchsorted(waste, max_padding, side="right")))
         batches.append(order[start : start + size])
         start += size
     return batches

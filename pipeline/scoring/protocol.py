@@ -159,6 +159,7 @@ class BackendSpec:
     head_tokens: int = 32
     token_budget: int | None = None
     max_batch_size: int = 64
+    max_padding: float = 0.1  # end a batch before it would be more than this fraction padding
     threads: int | None = None  # CPU intra-op threads (None: torch's default)
     # vllm only
     gpu_memory_utilization: float = 0.85

@@ -45,15 +45,17 @@ def test_per_request_limits():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 3000), min_size=1, max_size=200), st.integers(16, 8192), st.integers(1, 64))
-def test_packing_covers_every_row_once_within_budget(lengths, budget, max_batch):
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=200), st.integers(16, 8192), st.integers(1, 64),
+       st.sampled_from([0.0, 0.1, 1.0]))
+def test_packing_covers_every_row_once_within_budget(lengths, budget, max_batch, max_padding):
     lengths = np.array(lengths)
-    batches = pack_batches(lengths, budget, max_batch)
+    batches = pack_batches(lengths, budget, max_batch, max_padding)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(len(lengths)))
     for b in batches:
         assert 1 <= len(b) <= max_batch
         assert len(b) == 1 or len(b) * lengths[b].max() <= budget
+        assert len(b) == 1 or padding_waste(lengths, [b]) <= max_padding + 1e-12
     # longest first: batch maxima never increase
     maxima = [lengths[b].max() for b in batches]
     assert maxima == sorted(maxima, reverse=True)
@@ -63,9 +65,13 @@ def test_packing_covers_every_row_once_within_budget(lengths, budget, max_batch)
 def test_sorted_packing_wastes_less_than_input_order():
     rng = np.random.default_rng(0)
     lengths = rng.integers(20, 1000, 500)
-    sorted_batches = pack_batches(lengths, 4096, 64)
+    sorted_batches = pack_batches(lengths, 4096, 64, max_padding=1.0)
     # the same batch sizes in input order, as a naive loader would cut them
     sizes = np.cumsum([len(b) for b in sorted_batches])[:-1]
     naive = np.split(np.arange(len(lengths)), sizes)
     assert padded_tokens(lengths, sorted_batches) < padded_tokens(lengths, naive)
     assert padding_waste(lengths, sorted_batches) < 0.1
+    # a small uneven pool: the padding cap trades a few more batches for much less padding
+    small = rng.integers(60, 160, 64)
+    loose, tight = pack_batches(small, 4096, 64, max_padding=1.0), pack_batches(small, 4096, 64)
+    assert padding_waste(small, tight) < 0.1 < padding_waste(small, loose)
