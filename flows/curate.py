@@ -57,6 +57,7 @@ from pipeline.runner import (
     collect_state,
     complete_manifest,
     copy_rejects,
+    fail_manifest,
     finalize_chain,
     finish_run,
     ingest_cached,
@@ -370,41 +371,45 @@ def batch_run(cfg: Config, out: str | None, run_id: str | None, engine: str) -> 
     run_dir, run_id = prepare_run_dir(cfg, out, run_id)
     stages = cfg.build_stages()
     manifest = start_manifest(cfg, run_id, run_dir, engine)
-    store = WorkStore(work_root(cfg, out))
-    sweep_old_temps(store)
-    plan = build_plan(stages, make_context(cfg, run_dir, cache_dir=store.root / "sidecars"), store.root)
-    logger.info("run %s: %d source(s), %d stage(s), work store %s", run_id, len(cfg.sources), len(stages), store.root)
-
-    t0 = time.perf_counter()
-    specs = source_specs(cfg)
-    prefixes = [f"part-{i:03d}-" for i in range(len(specs))]
-    refs = ingest_all(specs, prefixes, store, cfg)
-    t_ingest = time.perf_counter() - t0
-    chains = [c for r in refs for c in r.chains]
-    tally = StageTally()
     try:
-        chains, globals_ = run_plan(plan, chains, cfg.flow, tally, logger)
+        store = WorkStore(work_root(cfg, out))
+        sweep_old_temps(store)
+        plan = build_plan(stages, make_context(cfg, run_dir, cache_dir=store.root / "sidecars"), store.root)
+        logger.info("run %s: %d source(s), %d stage(s), work store %s", run_id, len(cfg.sources), len(stages), store.root)
+
         t0 = time.perf_counter()
-        outcome = merge_outcomes(finalize_all(chains, run_dir, cfg.flow))
-        copy_rejects(refs, prefixes, run_dir)
-        if plan.ctx.state_out is not None:
-            collect_state(plan, globals_, plan.ctx.state_out)
-        t_final = time.perf_counter() - t0
-        reports = stage_reports(plan)
-    finally:
-        release_stage(plan)
-    timings = {"ingest_s": t_ingest, "finalize_s": t_final, "compute_s": tally.compute_seconds,
-               "total_s": time.perf_counter() - t_start}
-    extra = {"cache": {"work_dir": str(store.root), "ingest_hits": sum(r.cached for r in refs),
-                       "step_hits": sum(tally.hits.values()), "steps": sum(tally.steps.values())},
-             "prefect": prefect_info()}
-    manifest = complete_manifest(manifest, run_dir, stages, plan, [r.source for r in refs], outcome, tally,
-                                 globals_, timings, extra, reports)
-    _log_counts(logger, manifest)
-    finish_run(run_dir, cfg, logger.info)
-    manifest = json.loads((run_dir / "manifest.json").read_text())  # the report links itself in
-    publish(manifest, cfg.run.name)
-    return {"run_dir": str(run_dir), "manifest": manifest}
+        specs = source_specs(cfg)
+        prefixes = [f"part-{i:03d}-" for i in range(len(specs))]
+        refs = ingest_all(specs, prefixes, store, cfg)
+        t_ingest = time.perf_counter() - t0
+        chains = [c for r in refs for c in r.chains]
+        tally = StageTally()
+        try:
+            chains, globals_ = run_plan(plan, chains, cfg.flow, tally, logger)
+            t0 = time.perf_counter()
+            outcome = merge_outcomes(finalize_all(chains, run_dir, cfg.flow))
+            copy_rejects(refs, prefixes, run_dir)
+            if plan.ctx.state_out is not None:
+                collect_state(plan, globals_, plan.ctx.state_out)
+            t_final = time.perf_counter() - t0
+            reports = stage_reports(plan)
+        finally:
+            release_stage(plan)
+        timings = {"ingest_s": t_ingest, "finalize_s": t_final, "compute_s": tally.compute_seconds,
+                   "total_s": time.perf_counter() - t_start}
+        extra = {"cache": {"work_dir": str(store.root), "ingest_hits": sum(r.cached for r in refs),
+                           "step_hits": sum(tally.hits.values()), "steps": sum(tally.steps.values())},
+                 "prefect": prefect_info()}
+        manifest = complete_manifest(manifest, run_dir, stages, plan, [r.source for r in refs], outcome, tally,
+                                     globals_, timings, extra, reports)
+        _log_counts(logger, manifest)
+        finish_run(run_dir, cfg, logger.info)
+        manifest = json.loads((run_dir / "manifest.json").read_text())  # the report links itself in
+        publish(manifest, cfg.run.name)
+        return {"run_dir": str(run_dir), "manifest": manifest}
+    except BaseException as e:
+        fail_manifest(manifest, run_dir, e)
+        raise
 
 
 def prefect_info() -> dict[str, Any]:

@@ -44,6 +44,7 @@ from pipeline.runner import (
     collect_state,
     complete_manifest,
     copy_rejects,
+    fail_manifest,
     file_fingerprint,
     make_context,
     materialize_chain,
@@ -175,112 +176,116 @@ def nightly_run(cfg: Config, out: str | None, run_id: str | None, input_dir: str
         logger.warning("incremental mode reads %s; the config's `sources` are ignored", root)
     run_dir, run_id = prepare_run_dir(cfg, out, run_id)
     manifest = start_manifest(cfg, run_id, run_dir, engine)
-    store = WorkStore(work_root(cfg, out))
-    sweep_old_temps(store)
-    logger.info("night %d (%s): %d new file(s), %d already processed", night, run_id, len(fresh), len(seen))
-
-    stages = cfg.build_stages()
-    cut = next((i for i, s in enumerate(stages) if s.is_selector), len(stages))
-    base_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={
-        "state_in": ledger.state_dir, "save_state": True})})
-    ctx = make_context(base_cfg, run_dir, cache_dir=store.root / "sidecars")
-    plan_a = build_plan(stages[:cut], ctx, store.root)
-    plan_b = build_plan(stages[cut:], replace(ctx, state_in=None), store.root, start_index=cut)
-    tally = StageTally()
-    globals_a: list[Any] = []
-    specs = [SourceSpec(path=str(p), name=str(p.relative_to(root)), container=inc.container, format=inc.format)
-             for p, _ in fresh]
-    prefixes = [f"part-n{night:04d}-{i:03d}-" for i in range(len(specs))]
-    t0 = time.perf_counter()
-    refs = ingest_all(specs, prefixes, store, cfg) if specs else []
-    t_ingest = time.perf_counter() - t0
     try:
-        # phase A: tonight's files against the state of earlier nights
-        chains = [c for r in refs for c in r.chains]
-        if chains:
-            chains, globals_a = run_plan(plan_a, chains, cfg.flow, tally, logger)
-        pool_dir = home / "pool" / run_id
-        t_pool = pool_task.with_options(**retry_options(cfg.flow))
-        futs = [t_pool.submit(_q(b), str(pool_dir), label=batch_label(b))
-                for b in batches(chains, shards_per_task(cfg.flow, len(chains)))]
-        added_pool = [{**e, "night": night} for f in futs for e in f.result()]
-        pool = [*ledger.pool, *added_pool]
-        state_dir = run_dir / "state"
-        if chains:
-            collect_state(plan_a, globals_a, state_dir)
-        if ledger.state_dir and Path(ledger.state_dir).is_dir():
-            for d in Path(ledger.state_dir).iterdir():  # stages that did not run tonight keep their state
-                if not (state_dir / d.name).exists():
-                    shutil.copytree(d, state_dir / d.name)
+        store = WorkStore(work_root(cfg, out))
+        sweep_old_temps(store)
+        logger.info("night %d (%s): %d new file(s), %d already processed", night, run_id, len(fresh), len(seen))
 
-        # phase B: re-select over the union of every night's rows
-        pool_chains = [ShardChain(e["name"], e["key"], (e["path"],), e["rows"]) for e in pool]
-        globals_b: list[Any] = []
-        if pool_chains:
-            pool_chains, globals_b = run_plan(plan_b, pool_chains, cfg.flow, tally, logger)
-        n_old = len(ledger.pool)
-        parts_old = finalize_all(pool_chains[:n_old], run_dir, cfg.flow, write_shard=False)
-        parts_new = finalize_all(pool_chains[n_old:], run_dir, cfg.flow, write_shard=True)
-        copy_rejects(refs, prefixes, run_dir)
-        reports = {**stage_reports(plan_a), **stage_reports(plan_b)}
-    finally:
-        release_stage(plan_a)
-        release_stage(plan_b)
+        stages = cfg.build_stages()
+        cut = next((i for i, s in enumerate(stages) if s.is_selector), len(stages))
+        base_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={
+            "state_in": ledger.state_dir, "save_state": True})})
+        ctx = make_context(base_cfg, run_dir, cache_dir=store.root / "sidecars")
+        plan_a = build_plan(stages[:cut], ctx, store.root)
+        plan_b = build_plan(stages[cut:], replace(ctx, state_in=None), store.root, start_index=cut)
+        tally = StageTally()
+        globals_a: list[Any] = []
+        specs = [SourceSpec(path=str(p), name=str(p.relative_to(root)), container=inc.container, format=inc.format)
+                 for p, _ in fresh]
+        prefixes = [f"part-n{night:04d}-{i:03d}-" for i in range(len(specs))]
+        t0 = time.perf_counter()
+        refs = ingest_all(specs, prefixes, store, cfg) if specs else []
+        t_ingest = time.perf_counter() - t0
+        try:
+            # phase A: tonight's files against the state of earlier nights
+            chains = [c for r in refs for c in r.chains]
+            if chains:
+                chains, globals_a = run_plan(plan_a, chains, cfg.flow, tally, logger)
+            pool_dir = home / "pool" / run_id
+            t_pool = pool_task.with_options(**retry_options(cfg.flow))
+            futs = [t_pool.submit(_q(b), str(pool_dir), label=batch_label(b))
+                    for b in batches(chains, shards_per_task(cfg.flow, len(chains)))]
+            added_pool = [{**e, "night": night} for f in futs for e in f.result()]
+            pool = [*ledger.pool, *added_pool]
+            state_dir = run_dir / "state"
+            if chains:
+                collect_state(plan_a, globals_a, state_dir)
+            if ledger.state_dir and Path(ledger.state_dir).is_dir():
+                for d in Path(ledger.state_dir).iterdir():  # stages that did not run tonight keep their state
+                    if not (state_dir / d.name).exists():
+                        shutil.copytree(d, state_dir / d.name)
 
-    # the selection and its diff against the previous night
-    now = _selected_ids(run_dir)
-    prev = pl.read_parquet(ledger.selected) if ledger.selected and Path(ledger.selected).exists() else now.clear()
-    added = now.join(prev.select("id"), on="id", how="anti")
-    removed = prev.join(now.select("id"), on="id", how="anti")
-    write_parquet_atomic(added, run_dir / "diff" / "added.parquet")
-    write_parquet_atomic(removed, run_dir / "diff" / "removed.parquet")
-    sel_path = home / "selected" / f"{run_id}.parquet"
-    write_parquet_atomic(now, sel_path)
+            # phase B: re-select over the union of every night's rows
+            pool_chains = [ShardChain(e["name"], e["key"], (e["path"],), e["rows"]) for e in pool]
+            globals_b: list[Any] = []
+            if pool_chains:
+                pool_chains, globals_b = run_plan(plan_b, pool_chains, cfg.flow, tally, logger)
+            n_old = len(ledger.pool)
+            parts_old = finalize_all(pool_chains[:n_old], run_dir, cfg.flow, write_shard=False)
+            parts_new = finalize_all(pool_chains[n_old:], run_dir, cfg.flow, write_shard=True)
+            copy_rejects(refs, prefixes, run_dir)
+            reports = {**stage_reports(plan_a), **stage_reports(plan_b)}
+        finally:
+            release_stage(plan_a)
+            release_stage(plan_b)
 
-    outcome = {"rows": 0, "kept": 0, "selected": 0, "dropped_by_reason": {}}
-    for p in parts_new:
-        outcome["rows"] += p["rows"]
-        outcome["kept"] += p["kept"]
-        for r, n in p["dropped_by_reason"].items():
-            outcome["dropped_by_reason"][r] = outcome["dropped_by_reason"].get(r, 0) + n
-    outcome["selected"] = sum(p["selected"] for p in [*parts_old, *parts_new])
-    kept_state = home / "state" / run_id
-    if kept_state.exists():
-        shutil.rmtree(kept_state)
-    if state_dir.exists():
-        shutil.copytree(state_dir, kept_state)
-    info = {
-        "night": night,
-        "input_dir": str(root),
-        "home": str(home),
-        "new_files": [s.name for s in specs],
-        "already_processed": seen,
-        "previous_run": ledger.run_id,
-        "pool_shards": len(pool),
-        "pool_rows": sum(p["rows"] for p in [*parts_old, *parts_new]),
-        "pool_kept": sum(p["kept"] for p in [*parts_old, *parts_new]),
-        "selected": now.height,
-        "added": added.height,
-        "removed": removed.height,
-    }
-    timings = {"ingest_s": t_ingest, "compute_s": tally.compute_seconds, "total_s": time.perf_counter() - t_start}
-    plan_all = replace(plan_a, stages=(*plan_a.stages, *plan_b.stages))
-    manifest = complete_manifest(
-        manifest, run_dir, stages, plan_all, [r.source for r in refs], outcome, tally, [*globals_a, *globals_b],
-        timings, {"incremental": info, "cache": {"work_dir": str(store.root), "step_hits": sum(tally.hits.values()),
-                                                  "steps": sum(tally.steps.values())},
-                  "prefect": prefect_info()}, reports)
-    manifest["layout"].update(diff="diff/", state="state/")
-    write_json_atomic(manifest, run_dir / "manifest.json")
+        # the selection and its diff against the previous night
+        now = _selected_ids(run_dir)
+        prev = pl.read_parquet(ledger.selected) if ledger.selected and Path(ledger.selected).exists() else now.clear()
+        added = now.join(prev.select("id"), on="id", how="anti")
+        removed = prev.join(now.select("id"), on="id", how="anti")
+        write_parquet_atomic(added, run_dir / "diff" / "added.parquet")
+        write_parquet_atomic(removed, run_dir / "diff" / "removed.parquet")
+        sel_path = home / "selected" / f"{run_id}.parquet"
+        write_parquet_atomic(now, sel_path)
 
-    # commit: from here on tonight's files count as processed
-    files = dict(ledger.files)
-    for (p, fp), spec in zip(fresh, specs, strict=True):
-        files[fp] = {"path": spec.name, "size": p.stat().st_size, "night": night, "run_id": run_id}
-    Ledger(night=night, run_id=run_id, files=files, state_dir=str(kept_state) if kept_state.exists() else None,
-           pool=pool, selected=str(sel_path)).save(home)
-    logger.info("night %d: %d new row(s) read, %d kept; pool %d rows; selection %d (+%d / -%d)", night,
-                manifest["counts"]["read"], manifest["counts"]["kept"], info["pool_rows"], now.height,
-                added.height, removed.height)
-    publish(manifest, cfg.run.name)
-    return {"run_dir": str(run_dir), "manifest": manifest}
+        outcome = {"rows": 0, "kept": 0, "selected": 0, "dropped_by_reason": {}}
+        for p in parts_new:
+            outcome["rows"] += p["rows"]
+            outcome["kept"] += p["kept"]
+            for r, n in p["dropped_by_reason"].items():
+                outcome["dropped_by_reason"][r] = outcome["dropped_by_reason"].get(r, 0) + n
+        outcome["selected"] = sum(p["selected"] for p in [*parts_old, *parts_new])
+        kept_state = home / "state" / run_id
+        if kept_state.exists():
+            shutil.rmtree(kept_state)
+        if state_dir.exists():
+            shutil.copytree(state_dir, kept_state)
+        info = {
+            "night": night,
+            "input_dir": str(root),
+            "home": str(home),
+            "new_files": [s.name for s in specs],
+            "already_processed": seen,
+            "previous_run": ledger.run_id,
+            "pool_shards": len(pool),
+            "pool_rows": sum(p["rows"] for p in [*parts_old, *parts_new]),
+            "pool_kept": sum(p["kept"] for p in [*parts_old, *parts_new]),
+            "selected": now.height,
+            "added": added.height,
+            "removed": removed.height,
+        }
+        timings = {"ingest_s": t_ingest, "compute_s": tally.compute_seconds, "total_s": time.perf_counter() - t_start}
+        plan_all = replace(plan_a, stages=(*plan_a.stages, *plan_b.stages))
+        manifest = complete_manifest(
+            manifest, run_dir, stages, plan_all, [r.source for r in refs], outcome, tally, [*globals_a, *globals_b],
+            timings, {"incremental": info, "cache": {"work_dir": str(store.root), "step_hits": sum(tally.hits.values()),
+                                                      "steps": sum(tally.steps.values())},
+                      "prefect": prefect_info()}, reports)
+        manifest["layout"].update(diff="diff/", state="state/")
+        write_json_atomic(manifest, run_dir / "manifest.json")
+
+        # commit: from here on tonight's files count as processed
+        files = dict(ledger.files)
+        for (p, fp), spec in zip(fresh, specs, strict=True):
+            files[fp] = {"path": spec.name, "size": p.stat().st_size, "night": night, "run_id": run_id}
+        Ledger(night=night, run_id=run_id, files=files, state_dir=str(kept_state) if kept_state.exists() else None,
+               pool=pool, selected=str(sel_path)).save(home)
+        logger.info("night %d: %d new row(s) read, %d kept; pool %d rows; selection %d (+%d / -%d)", night,
+                    manifest["counts"]["read"], manifest["counts"]["kept"], info["pool_rows"], now.height,
+                    added.height, removed.height)
+        publish(manifest, cfg.run.name)
+        return {"run_dir": str(run_dir), "manifest": manifest}
+    except BaseException as e:
+        fail_manifest(manifest, run_dir, e)
+        raise

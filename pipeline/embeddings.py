@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.shards import list_shards, write_parquet_atomic
-from pipeline.models import resolve_model
+from pipeline.models import ModelLoadError, resolve_model
 from pipeline.text import SEP, TEXT_VIEWS, text_expr
 
 if TYPE_CHECKING:
@@ -83,7 +83,10 @@ def load_model(model: str = "minilm", device: str = "auto") -> Any:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             from sentence_transformers import SentenceTransformer
 
-            m = SentenceTransformer(str(ref.path), device=dev, local_files_only=True)
+            try:
+                m = SentenceTransformer(str(ref.path), device=dev, local_files_only=True)
+            except Exception as e:
+                raise ModelLoadError(model, ref.path, e) from e
             m.eval()
             _MODELS[key] = m
     return m

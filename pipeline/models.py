@@ -39,6 +39,14 @@ class ModelNotFound(FileNotFoundError):
     pass
 
 
+class ModelLoadError(RuntimeError):
+    """A model was found but could not be loaded (corrupt or incomplete files, wrong layout, no memory);
+    the message names the model and its path, ``__cause__`` is the loader's own error."""
+
+    def __init__(self, ref: str, path: str | Path, err: BaseException) -> None:
+        super().__init__(f"cannot load model {ref!r} from {path}: {type(err).__name__}: {err}")
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A resolved model: what the user wrote, where it is, and a short content-free id for caches."""

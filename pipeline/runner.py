@@ -373,8 +373,36 @@ class ShardChain:
         return replace(self, key=key, files=(*self.files, str(path)))
 
 
+class StoreCorruption(RuntimeError):
+    """A work-store file could not be read; it has been removed so that a rerun recomputes it."""
+
+    def __init__(self, path: str | Path, err: BaseException) -> None:
+        self.path = str(path)
+        super().__init__(f"work-store file {path} is unreadable ({type(err).__name__}: {err}); it was removed, "
+                         "rerun (same run id) to recompute it")
+
+
+def discard_entry(path: str | Path) -> None:
+    """Remove a work-store entry: a step file, or the whole committed directory (ingest or global
+    result, marked by ``_meta.json``) it belongs to, so the store never holds half an entry."""
+    path = Path(path)
+    if (path.parent / "_meta.json").is_file():
+        shutil.rmtree(path.parent, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _guarded(path: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` (a read of ``path``), turning an unreadable or vanished file into :class:`StoreCorruption`."""
+    try:
+        return fn()
+    except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as e:
+        discard_entry(path)
+        raise StoreCorruption(path, e) from e
+
+
 def _schema_names(path: str) -> list[str]:
-    return list(pl.read_parquet_schema(path))
+    return _guarded(path, lambda: list(pl.read_parquet_schema(path)))
 
 
 def read_chain(files: Iterable[str | Path], columns: Iterable[str] | None = None) -> pl.DataFrame:
@@ -387,7 +415,7 @@ def read_chain(files: Iterable[str | Path], columns: Iterable[str] | None = None
         series: dict[str, pl.Series] = {}
         height = None
         for f in files:
-            df = pl.read_parquet(f)
+            df = _guarded(f, lambda f=f: pl.read_parquet(f))
             if height is not None and df.height != height:
                 raise RuntimeError(f"shard chain is inconsistent: {f} has {df.height} rows, expected {height}")
             height = df.height
@@ -405,7 +433,7 @@ def read_chain(files: Iterable[str | Path], columns: Iterable[str] | None = None
     series = {}
     height = None
     for i, cols in sorted(by_file.items()):
-        df = pl.read_parquet(files[i], columns=cols)
+        df = _guarded(files[i], lambda i=i, cols=cols: pl.read_parquet(files[i], columns=cols))
         if height is not None and df.height != height:
             raise RuntimeError(f"shard chain is inconsistent: {files[i]} has {df.height} rows, expected {height}")
         height = df.height
@@ -448,6 +476,17 @@ def _write_delta(df: pl.DataFrame, path: Path, meta: dict[str, Any]) -> Path:
 def step_meta(path: str | Path) -> dict[str, Any]:
     md = pq.read_schema(path).metadata or {}
     return json.loads(md.get(META_KEY, b"{}"))
+
+
+def _cached_meta(path: Path) -> dict[str, Any] | None:
+    """A stored step's metadata, or None when it is missing or its footer is unreadable (then removed)."""
+    if not path.is_file():
+        return None
+    try:
+        return step_meta(path)
+    except (OSError, pa.ArrowException, ValueError):
+        discard_entry(path)
+        return None
 
 
 # ---------------------------------------------------------------- ingest
@@ -619,8 +658,14 @@ def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef |
         k = _step_key(plan, k, step, gref)
         keys.append(k)
         paths.append(store.step_path(spec.name, step.kind, k))
-    first = next((i for i, p in enumerate(paths) if not p.is_file()), len(paths))
-    stats = [StepStat(s.stage, s.kind, True, 0.0, 0.0, step_meta(paths[i]).get("dropped", 0))
+    metas: list[dict[str, Any]] = []
+    for p in paths:
+        m = _cached_meta(p)
+        if m is None:
+            break
+        metas.append(m)
+    first = len(metas)
+    stats = [StepStat(s.stage, s.kind, True, 0.0, 0.0, metas[i].get("dropped", 0))
              for i, s in enumerate(seg.steps[:first])]
     out_chain = chain
     for i in range(first):
@@ -641,7 +686,8 @@ def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef |
                 if gref is None or gref.stage != step.stage:
                     raise RuntimeError("post step without its global result")
                 t0 = time.perf_counter()
-                add = pl.read_parquet(Path(gref.dir) / _slice_name(_shard_pos(chain, gref)))
+                slice_path = str(Path(gref.dir) / _slice_name(_shard_pos(chain, gref)))
+                add = _guarded(slice_path, lambda p=slice_path: pl.read_parquet(p))
                 io += time.perf_counter() - t0
                 if add.height != df.height:
                     raise RuntimeError(f"global result has {add.height} rows for a shard of {df.height}")
@@ -1026,6 +1072,14 @@ def complete_manifest(manifest: dict[str, Any], run_dir: Path, stages: list[Stag
     return manifest
 
 
+def fail_manifest(manifest: dict[str, Any], run_dir: Path, err: BaseException) -> None:
+    """Mark the run ``failed`` with the error, best effort (the disk may be what failed)."""
+    manifest.update(status="failed", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    error=f"{type(err).__name__}: {err}")
+    with contextlib.suppress(OSError):
+        write_json_atomic(manifest, run_dir / "manifest.json")
+
+
 def finish_run(run_dir: Path, cfg: Config, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """After a complete run: the HTML report (``run.report``) and the configured exports (``export:``).
 
@@ -1076,54 +1130,58 @@ def run(cfg: Config, out: str | Path | None = None, run_id: str | None = None, p
     run_dir, run_id = prepare_run_dir(cfg, out, run_id)
     stages = cfg.build_stages()
     manifest = start_manifest(cfg, run_id, run_dir, "local")
-    store = WorkStore(run_dir / "work")
-    store.sweep_temps()
-    plan = build_plan(stages, make_context(cfg, run_dir), store.root)
-
-    log(f"run {run_id}: ingesting {len(cfg.sources)} source(s)")
-    t0 = time.perf_counter()
-    prefixes = [f"part-{i:03d}-" for i in range(len(cfg.sources))]
-    refs = [ingest_cached(spec, store, cfg.run.shard_rows, cfg.run.read_batch_rows, prefix)
-            for spec, prefix in zip(source_specs(cfg), prefixes, strict=True)]
-    t_ingest = time.perf_counter() - t0
-    sources = [r.source for r in refs]
-    chains = [c for r in refs for c in r.chains]
-    log(f"  read {sum(s['read'] for s in sources):,} rows, rejected {sum(s['rejected'] for s in sources):,}, "
-        f"{len(chains)} shard(s) in {t_ingest:.1f}s")
-
-    tally = StageTally()
-    globals_: list[GlobalResult] = []
-    gref: GlobalRef | None = None
     try:
-        for si, seg in enumerate(plan.segments):
-            results = [run_segment(plan, si, c, gref)
-                       for c in _progress(chains, f"pass {si + 1}", len(chains), progress)]
-            chains = [r.chain for r in results]
-            for r in results:
-                tally.add(r.stats)
-            if seg.global_stage is not None:
-                g = run_global(plan, seg.global_stage, chains)
-                globals_.append(g)
-                tally.add([g.stat])
-                gref = g.ref
-                log(f"  {plan.spec(seg.global_stage).name}: global step done")
+        store = WorkStore(run_dir / "work")
+        store.sweep_temps()
+        plan = build_plan(stages, make_context(cfg, run_dir), store.root)
+
+        log(f"run {run_id}: ingesting {len(cfg.sources)} source(s)")
         t0 = time.perf_counter()
-        outcome = merge_outcomes(finalize_chain(c, run_dir) for c in chains)
-        copy_rejects(refs, prefixes, run_dir)
-        if plan.ctx.state_out is not None:
-            collect_state(plan, globals_, plan.ctx.state_out)
-        t_final = time.perf_counter() - t0
-        reports = stage_reports(plan)
-    finally:
-        release_stage(plan)
-    shutil.rmtree(store.root, ignore_errors=True)
-    timings = {"ingest_s": t_ingest, "finalize_s": t_final, "compute_s": tally.compute_seconds,
-               "total_s": time.perf_counter() - t_start}
-    manifest = complete_manifest(manifest, run_dir, stages, plan, sources, outcome, tally, globals_, timings,
-                                 reports=reports)
-    c = manifest["counts"]
-    log(f"  kept {c['kept']:,}, dropped {c['dropped']:,}, rejected {c['rejected']:,}, selected {c['selected']:,}")
-    return RunResult(run_dir, manifest)
+        prefixes = [f"part-{i:03d}-" for i in range(len(cfg.sources))]
+        refs = [ingest_cached(spec, store, cfg.run.shard_rows, cfg.run.read_batch_rows, prefix)
+                for spec, prefix in zip(source_specs(cfg), prefixes, strict=True)]
+        t_ingest = time.perf_counter() - t0
+        sources = [r.source for r in refs]
+        chains = [c for r in refs for c in r.chains]
+        log(f"  read {sum(s['read'] for s in sources):,} rows, rejected {sum(s['rejected'] for s in sources):,}, "
+            f"{len(chains)} shard(s) in {t_ingest:.1f}s")
+
+        tally = StageTally()
+        globals_: list[GlobalResult] = []
+        gref: GlobalRef | None = None
+        try:
+            for si, seg in enumerate(plan.segments):
+                results = [run_segment(plan, si, c, gref)
+                           for c in _progress(chains, f"pass {si + 1}", len(chains), progress)]
+                chains = [r.chain for r in results]
+                for r in results:
+                    tally.add(r.stats)
+                if seg.global_stage is not None:
+                    g = run_global(plan, seg.global_stage, chains)
+                    globals_.append(g)
+                    tally.add([g.stat])
+                    gref = g.ref
+                    log(f"  {plan.spec(seg.global_stage).name}: global step done")
+            t0 = time.perf_counter()
+            outcome = merge_outcomes(finalize_chain(c, run_dir) for c in chains)
+            copy_rejects(refs, prefixes, run_dir)
+            if plan.ctx.state_out is not None:
+                collect_state(plan, globals_, plan.ctx.state_out)
+            t_final = time.perf_counter() - t0
+            reports = stage_reports(plan)
+        finally:
+            release_stage(plan)
+        shutil.rmtree(store.root, ignore_errors=True)
+        timings = {"ingest_s": t_ingest, "finalize_s": t_final, "compute_s": tally.compute_seconds,
+                   "total_s": time.perf_counter() - t_start}
+        manifest = complete_manifest(manifest, run_dir, stages, plan, sources, outcome, tally, globals_, timings,
+                                     reports=reports)
+        c = manifest["counts"]
+        log(f"  kept {c['kept']:,}, dropped {c['dropped']:,}, rejected {c['rejected']:,}, selected {c['selected']:,}")
+        return RunResult(run_dir, manifest)
+    except BaseException as e:
+        fail_manifest(manifest, run_dir, e)
+        raise
 
 
 __all__ = ["run", "RunResult", "ingest", "ingest_source", "ingest_cached", "apply_row_stages", "gather_global",

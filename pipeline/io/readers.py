@@ -245,21 +245,43 @@ def _iter_json_array(path: str, chunk: int = 1 << 20) -> Iterator[tuple[int, Any
         yield idx, _Raw(f"unreadable stream after element {idx}: {e}", "")
 
 
-def _iter_parquet(path: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
+def _open_parquet(path: str) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
         raise SourceError(f"{path}: cannot open as Parquet: {e}") from e
-    i = 0
-    try:
-        for rb in pf.iter_batches(batch_size=batch_rows):
-            for rec in rb.to_pylist():
-                yield i, rec
-                i += 1
-    except (OSError, pa.ArrowException) as e:
-        yield i, _Raw(f"unreadable Parquet data after row {i}: {e}", "")
+
+
+def _parquet_batches(pf: Any, batch_rows: int) -> Iterator[tuple[int, Any]]:
+    """``(start_row, record_batch)`` over a Parquet file, one row group at a time; where a row group
+    cannot be decoded (corrupt pages), ``(start_row, (n_rows, reason))`` for the rows of it not yet
+    yielded, then the next row group. The footer knows every row group's size, so a corrupt region
+    costs exactly its rows, each accounted for, and the rest of the file is still read."""
+    start = 0
+    for rg in range(pf.num_row_groups):
+        end = start + pf.metadata.row_group(rg).num_rows
+        try:
+            for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[rg]):
+                yield start, rb
+                start += rb.num_rows
+        except (OSError, pa.ArrowException) as e:
+            reason = f"unreadable Parquet row group {rg} (rows {start}-{end - 1}): {e}"
+            for lo in range(start, end, batch_rows):  # in batches, like the rows that did read
+                yield lo, (min(batch_rows, end - lo), reason)
+        start = end
+
+
+def _iter_parquet(path: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
+    for start, b in _parquet_batches(_open_parquet(path), batch_rows):
+        if isinstance(b, tuple):
+            n, reason = b
+            for i in range(start, start + n):
+                yield i, _Raw(reason, "")
+        else:
+            for j, rec in enumerate(b.to_pylist()):
+                yield start + j, rec
 
 
 def _iter_hf(spec: SourceSpec, batch_rows: int) -> Iterator[tuple[int, Any]]:
@@ -536,41 +558,37 @@ def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, sou
 
 def _read_arrow_source(spec: SourceSpec, batch_rows: int, fmt: str | None) -> Iterator[Batch] | None:
     """Vectorised reading of a Parquet source; None when the format needs the per-record path."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(spec.path)
-    except (OSError, pa.ArrowException) as e:
-        raise SourceError(f"{spec.path}: cannot open as Parquet: {e}") from e
+    pf = _open_parquet(spec.path)
     if fmt is None:
-        first = next(pf.iter_batches(batch_size=1), None)
+        first = next((b for _, b in _parquet_batches(pf, 1) if not isinstance(b, tuple)), None)
         if first is None:
-            return iter(())
+            # empty, or not one readable row: the per-record path rejects what is unreadable
+            return iter(()) if pf.metadata.num_rows == 0 else None
         fmt = detect_format(first.to_pylist()[0])
         if fmt is None:
             return None
 
     def gen() -> Iterator[Batch]:
-        start = 0
-        try:
-            for rb in pf.iter_batches(batch_size=batch_rows):
-                b = map_arrow_batch(rb, fmt, start, spec.source_name)
-                if b is None:  # this batch needs the per-record mappers
-                    builder = _BatchBuilder(spec.source_name)
-                    for j, rec in enumerate(rb.to_pylist()):
-                        builder.add(start + j, rec, fmt, spec.format == "auto")
-                    b = builder.build(fmt)
-                yield b
-                start += rb.num_rows
-        except (OSError, pa.ArrowException) as e:
-            yield _raw_batch(spec, start, f"unreadable Parquet data after row {start}: {e}", fmt)
+        for start, rb in _parquet_batches(pf, batch_rows):
+            if isinstance(rb, tuple):
+                yield _lost_rows_batch(spec, start, *rb, fmt=fmt)
+                continue
+            b = map_arrow_batch(rb, fmt, start, spec.source_name)
+            if b is None:  # this batch needs the per-record mappers
+                builder = _BatchBuilder(spec.source_name)
+                for j, rec in enumerate(rb.to_pylist()):
+                    builder.add(start + j, rec, fmt, spec.format == "auto")
+                b = builder.build(fmt)
+            yield b
 
     return gen()
 
 
-def _raw_batch(spec: SourceSpec, row: int, reason: str, fmt: str | None) -> Batch:
+def _lost_rows_batch(spec: SourceSpec, start: int, n: int, reason: str, fmt: str | None) -> Batch:
+    """Rows ``start .. start + n - 1`` that could not be decoded: one reject each."""
     b = _BatchBuilder(spec.source_name)
-    b.reject(row, reason, "")
+    for row in range(start, start + n):
+        b.reject(row, reason, "")
     return b.build(fmt)
 
 

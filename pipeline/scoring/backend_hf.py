@@ -48,7 +48,7 @@ class HFBackend:
     """In-process transformers scorer speaking the request/response protocol."""
 
     def __init__(self, spec: BackendSpec) -> None:
-        from pipeline.models import resolve_model
+        from pipeline.models import ModelLoadError, resolve_model
 
         ref = resolve_model(spec.model)  # before the heavy imports: a missing model fails fast
         if "torch" not in sys.modules:
@@ -78,8 +78,11 @@ class HFBackend:
             src = str(ref.path)
         if spec.threads and self.device.type == "cpu":
             torch.set_num_threads(spec.threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(src, **kw)
-        self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw).to(self.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+            self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw).to(self.device).eval()
+        except Exception as e:
+            raise ModelLoadError(spec.model, ref.path, e) from e
         self.dtype = dtype
         cfg = self.model.config
         self._plain_head = not any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in _HEAD_EXTRAS)
