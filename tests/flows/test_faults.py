@@ -252,7 +252,7 @@ def test_model_that_fails_to_load(tmp_path, real, write_config, prefect_api) -> 
     (broken / "modules.json").write_text("[]")
     (broken / "config.json").write_text('{"model_type": ')
     stages = [*STAGES[:3], {"stage": "embed", "model": str(broken)}, {"stage": "long_is_more", "budget": 100}]
-    src = [{"path": str(real / "code_alpaca_2k.json.gz")}]
+    src = [{"path": str(real / "self_instruct_seed_tasks.jsonl.gz")}]  # 175 rows: the embedding is not the point
     cfg = _config(tmp_path, real, write_config, sources=src, stages=stages)
     with pytest.raises(Exception) as e:
         run_flow(str(cfg), run_id="model", quiet=True)
