@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from pipeline.schema import hash_payloads
 from pipeline.scoring.base import (
     LMParams,
     LMStage,
@@ -108,7 +109,15 @@ class Deita(LMStage):
                                                          for i, r in zip(tt["instruction"].to_list(),
                                                                          tt["response"].to_list(), strict=True)],
                                                dtype=pl.String))
-        c = self._rate("complexity", cx, p.complexity_template)
+        # complexity sees only the instruction: one request per distinct prompt (rows sharing an
+        # instruction, as in GRAPE pools, get the same value, not float-noise variants of it), cached
+        # under the prompt's hash
+        cx = cx.with_columns(hash_payloads(cx["text"]).alias("_key"))
+        cu = cx.unique("_key", maintain_order=True).select(
+            pl.col("_key").alias("id"), pl.lit(0, dtype=cx.schema["turn"]).alias("turn"), "text")
+        c = cx.select("id", "turn", "_key").join(
+            self._rate("complexity", cu, p.complexity_template).drop("turn").rename({"id": "_key"}),
+            on="_key", how="left").drop("_key")
         q = self._rate("quality", qu, p.quality_template)
         u = tt.select("id", "turn").join(c, on=["id", "turn"], how="left").join(
             q, on=["id", "turn"], how="left", suffix="_q").with_columns(

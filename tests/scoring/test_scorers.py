@@ -117,6 +117,23 @@ def test_deita_scores_are_expected_ratings(pool, ctx, max_tokens):
         Deita(decide_on="deita_model")
 
 
+def test_deita_complexity_is_one_request_per_distinct_instruction(gsm_rows, tmp_path, max_tokens):
+    """Complexity sees only the instruction: responses to one instruction share one exact value."""
+    m = gsm_rows["messages"].to_list()[:2]
+    q0, q1 = m[0][0]["content"], m[1][0]["content"]
+    pairs = [(q0, m[0][1]["content"]), (q0, m[1][1]["content"]), (q0, "I do not know."), (q1, m[1][1]["content"])]
+    rows = pl.DataFrame({
+        "id": [f"d{i}" for i in range(4)], "source": ["deita"] * 4, "source_row": list(range(4)),
+        "messages": [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs],
+        "meta": [None] * 4,
+    }, schema_overrides={"meta": pl.String})
+    st = Deita(max_tokens=max_tokens)
+    out = run(st, rows, RunContext(cache_dir=tmp_path))
+    cx = out["deita_complexity"].to_list()
+    assert cx[0] == cx[1] == cx[2] != cx[3]
+    assert st.summary()["units_computed"] == 2 + 4  # complexity prompts + quality prompts
+
+
 def test_judge_yes_prob_and_a_quantile_cutoff(pool, ctx, max_tokens):
     st = Judge(max_tokens=max_tokens, drop_below_quantile=0.5)
     assert st.scope == "global"
