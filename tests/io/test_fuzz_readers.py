@@ -111,3 +111,57 @@ def test_parquet_sharegpt_vectorised(tmp_path_factory, convs: list) -> None:
     pq.write_table(t, p)
     rows, rejects, _ = _account(p)
     assert rows + rejects == len(convs)
+
+
+HF_FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                          HealthCheck.too_slow])
+
+
+@HF_FUZZ
+@given(records=st.lists(st.one_of(
+    st.fixed_dictionaries({"instruction": st.one_of(st.none(), text, st.just("x" * 20_000)),
+                           "output": st.one_of(st.none(), text, st.just("\x00\x01\x1b[31m"))}),
+    st.fixed_dictionaries({"instruction": text}),  # no response column value
+), min_size=1, max_size=25))
+def test_hf_datasets_save_to_disk(tmp_path_factory, records: list) -> None:
+    """A Hugging Face ``save_to_disk`` dataset (Arrow files, one schema) with nulls, missing
+    responses, control characters and huge fields: every record is a row or a reject."""
+    import datasets
+
+    d = tmp_path_factory.mktemp("f") / "ds"
+    cols = {"instruction": [r.get("instruction") for r in records], "output": [r.get("output") for r in records]}
+    datasets.Dataset.from_dict(cols).save_to_disk(str(d))
+    rows, rejects, reasons = _account(d)
+    assert rows + rejects == len(records)
+    # the same records as JSONL take the same decisions
+    j = d.parent / "same.jsonl"
+    j.write_text("".join(json.dumps({k: r.get(k) for k in ("instruction", "output")}) + "\n" for r in records))
+    assert _account(j) == (rows, rejects, reasons)
+
+
+@FUZZ
+@given(records=st.lists(record, min_size=1, max_size=40), groups=st.integers(1, 6),
+       bad=st.sets(st.integers(0, 5), max_size=3))
+def test_parquet_with_corrupt_row_groups(tmp_path_factory, records: list, groups: int, bad: set[int]) -> None:
+    """Garbled pages in some row groups: exactly those groups' rows are rejected, the rest read."""
+    keys = sorted({k for r in records if isinstance(r, dict) for k in r}) or ["x"]
+    cols = {k: pa.array([json.dumps(r.get(k)) if isinstance(r, dict) and k in r else None for r in records],
+                        pa.string()) for k in keys}
+    p = tmp_path_factory.mktemp("f") / "x.parquet"
+    per = max(1, -(-len(records) // groups))
+    pq.write_table(pa.table(cols), p, row_group_size=per, compression="zstd")
+    md = pq.read_metadata(p)
+    data = bytearray(p.read_bytes())
+    lost = 0
+    for g in sorted(bad):
+        if g >= md.num_row_groups:
+            continue
+        col = md.row_group(g).column(0)
+        start = col.dictionary_page_offset or col.data_page_offset
+        for i in range(start, start + col.total_compressed_size):
+            data[i] = 0xFF
+        lost += md.row_group(g).num_rows
+    p.write_bytes(bytes(data))
+    rows, rejects, reasons = _account(p)
+    assert rows + rejects == len(records)
+    assert sum(r.startswith("unreadable Parquet row group") for r in reasons) == lost
