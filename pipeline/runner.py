@@ -642,6 +642,59 @@ class StepError(RuntimeError):
         self.stage = stage
 
 
+class ChainFrames:
+    """Shard chains this process just wrote, held as :func:`read_chain` would return them, so the
+    next segment (or finalize) does not read back from disk what it has just written.
+
+    Entries are keyed by the chain's file tuple (content-addressed, immutable), taken out when
+    used (each chain state is read once), and bounded by ``max_bytes`` (least recently written
+    dropped first); a miss simply reads the files. ``SFT_CURATE_CHAIN_CACHE_MB`` sets the bound
+    (default 256; 0 turns it off).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._frames: dict[tuple[str, ...], tuple[pl.DataFrame, int]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, files: tuple[str, ...], df: pl.DataFrame) -> None:
+        size = int(df.estimated_size())
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._frames.pop(files, None)
+            if old is not None:
+                self._bytes -= old[1]
+            while self._frames and self._bytes + size > self.max_bytes:
+                oldest = next(iter(self._frames))  # dicts keep insertion order
+                self._bytes -= self._frames.pop(oldest)[1]
+            self._frames[files] = (df, size)
+            self._bytes += size
+
+    def take(self, files: tuple[str, ...]) -> pl.DataFrame | None:
+        with self._lock:
+            hit = self._frames.pop(tuple(files), None)
+            if hit is None:
+                return None
+            self._bytes -= hit[1]
+            return hit[0]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
+            self._bytes = 0
+
+
+CHAIN_FRAMES = ChainFrames(int(os.environ.get("SFT_CURATE_CHAIN_CACHE_MB", "256")) << 20)
+
+
+def read_chain_cached(files: tuple[str, ...]) -> pl.DataFrame:
+    """:func:`read_chain` of a whole chain, from :data:`CHAIN_FRAMES` when this process wrote it."""
+    hit = CHAIN_FRAMES.take(tuple(files))
+    return hit if hit is not None else read_chain(files)
+
+
 def _step_key(plan: Plan, chain_key: str, step: Step, gref: GlobalRef | None) -> str:
     spec = plan.spec(step.stage)
     return hkey(step.kind, spec.key, chain_key, gref.key if step.kind == "post" and gref else "")
@@ -673,7 +726,8 @@ def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef |
     if first == len(paths):
         return SegmentResult(out_chain, tuple(stats))
     t0 = time.perf_counter()
-    df = with_decision(read_chain(out_chain.files))
+    chain_df = read_chain_cached(out_chain.files)  # what the chain's files hold, step by step below
+    df = with_decision(chain_df)
     io = time.perf_counter() - t0
     for i in range(first, len(paths)):
         step = seg.steps[i]
@@ -708,14 +762,17 @@ def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef |
                             f"{type(e).__name__}: {e}", step.stage) from e
         t0 = time.perf_counter()
         dropped = int((df["keep"] & ~out["keep"]).sum())
-        _write_delta(_delta(stage, before, out, extra), paths[i],
+        delta = _delta(stage, before, out, extra)
+        _write_delta(delta, paths[i],
                      {"stage": spec.name, "kind": step.kind, "seconds": round(dt + setup_s, 6), "rows": out.height,
                       "dropped": dropped, "pid": os.getpid()})
+        chain_df = chain_df.with_columns(delta)  # read_chain's rule: later files override, new columns append
         io += time.perf_counter() - t0
         stats.append(StepStat(step.stage, step.kind, False, dt + setup_s, io, dropped))
         io = 0.0
         df = out
         out_chain = out_chain.extend(keys[i], paths[i])
+    CHAIN_FRAMES.put(out_chain.files, chain_df)
     return SegmentResult(out_chain, tuple(stats))
 
 
@@ -842,7 +899,7 @@ def finalize_frame(df: pl.DataFrame) -> pl.DataFrame:
 
 def finalize_chain(chain: ShardChain, run_dir: Path, write_shard: bool = True) -> dict[str, Any]:
     """Write one final shard to ``shards/`` and its selected rows to ``selected/``; its counts."""
-    df = finalize_frame(read_chain(chain.files))
+    df = finalize_frame(read_chain_cached(chain.files))
     if write_shard:
         write_parquet_atomic(df, run_dir / "shards" / chain.name)
     sel = df.filter(pl.col("keep") & pl.col("selected").fill_null(False))

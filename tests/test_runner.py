@@ -178,3 +178,30 @@ def test_local_engine_refuses_an_incremental_config(tmp_path: Path) -> None:
     cfg = load_config({"stages": [{"stage": "length"}], "flow": {"incremental": {"input_dir": str(tmp_path)}}})
     with pytest.raises(ValueError, match="flow.incremental"):
         run(cfg, out=tmp_path / "runs")
+
+
+def test_in_memory_chain_frames_give_the_same_bytes_as_reading_the_files(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next segment and finalize take the frame a segment just wrote from memory; with the
+    cache off they read the files. The outputs must be byte-identical (types, column order)."""
+    from pipeline import runner
+
+    cfg = load_config({
+        "run": {"name": "t", "out": str(tmp_path), "shard_rows": 400},
+        "sources": [{"path": str(ALPACA)}, {"path": str(FASTCHAT)}],
+        "stages": [{"stage": "length", "min_response_tokens": 5}, {"stage": "heuristics"},
+                   {"stage": "exact_dedup", "key": "instruction"}, {"stage": "minhash_dedup"},
+                   {"stage": "long_is_more", "budget": 300}],
+    })
+    hits = []
+    take = runner.CHAIN_FRAMES.take
+    monkeypatch.setattr(runner.CHAIN_FRAMES, "take", lambda files: hits.append(r := take(files)) or r)
+    a = run(cfg, run_id="cached").run_dir
+    assert sum(h is not None for h in hits) > 0, "the cache was never used"
+    monkeypatch.setattr(runner.CHAIN_FRAMES, "max_bytes", 0)
+    b = run(cfg, run_id="files").run_dir
+    for sub in ("shards", "selected"):
+        names = sorted(p.name for p in (a / sub).glob("*.parquet"))
+        assert names == sorted(p.name for p in (b / sub).glob("*.parquet")) and names
+        for n in names:
+            assert (a / sub / n).read_bytes() == (b / sub / n).read_bytes(), f"{sub}/{n}"
