@@ -126,9 +126,10 @@ def _cached(value: Any, cached: bool, what: str) -> Any:
 
 
 @task(name="ingest", cache_policy=NO_CACHE, task_run_name="ingest[{label}]")
-def ingest_task(spec: SourceSpec, store_root: str, shard_rows: int, batch_rows: int, prefix: str, label: str) -> IngestRef:
+def ingest_task(spec: SourceSpec, store_root: str, shard_rows: int, batch_rows: int, prefix: str, label: str,
+                shard_mb: float | None = None) -> IngestRef:
     """Read one source into canonical shards in the work store."""
-    ref = ingest_cached(spec, WorkStore(store_root), shard_rows, batch_rows, prefix)
+    ref = ingest_cached(spec, WorkStore(store_root), shard_rows, batch_rows, prefix, shard_mb)
     get_run_logger().info("%s: %d rows, %d rejected, %d shard(s)%s", label, ref.source["read"], ref.source["rejected"],
                           len(ref.chains), " (cached)" if ref.cached else "")
     return _cached(ref, ref.cached, label)
@@ -288,7 +289,8 @@ def retry_options(fs: FlowSettings) -> dict[str, Any]:
 
 def ingest_all(specs: list[SourceSpec], prefixes: list[str], store: WorkStore, cfg: Config) -> list[IngestRef]:
     t = ingest_task.with_options(**retry_options(cfg.flow))
-    futs = [t.submit(spec, str(store.root), cfg.run.shard_rows, cfg.run.read_batch_rows, prefix, label=spec.source_name)
+    futs = [t.submit(spec, str(store.root), cfg.run.shard_rows, cfg.run.read_batch_rows, prefix, label=spec.source_name,
+                     shard_mb=cfg.run.shard_mb)
             for spec, prefix in zip(specs, prefixes, strict=True)]
     return [f.result() for f in futs]
 

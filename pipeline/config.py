@@ -37,6 +37,8 @@ class RunSettings(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
     out: str = "runs"
     shard_rows: int = Field(50_000, ge=1)
+    shard_mb: float | None = Field(64.0, gt=0, description="also cut a shard at about this many MB of Arrow data "
+                                   "(memory per shard follows text volume, not rows); null: rows only")
     read_batch_rows: int = Field(10_000, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -508,12 +508,13 @@ class IngestResult:
 
 
 def ingest_source(spec: SourceSpec, out_dir: Path, rejects_dir: Path, shard_rows: int, batch_rows: int,
-                  prefix: str = "part-") -> dict[str, Any]:
+                  prefix: str = "part-", shard_mb: float | None = None) -> dict[str, Any]:
     """Read one source into canonical shards under ``out_dir`` and rejects under ``rejects_dir``.
 
-    Shards are named ``{prefix}NNNNN.parquet``; a source that yields no rows still gets one empty shard.
+    Shards are named ``{prefix}NNNNN.parquet`` and hold at most ``shard_rows`` rows and about
+    ``shard_mb`` MB; a source that yields no rows still gets one empty shard.
     """
-    writer = ShardWriter(out_dir, shard_rows, CANONICAL, prefix)
+    writer = ShardWriter(out_dir, shard_rows, CANONICAL, prefix, max_bytes=int(shard_mb * 2**20) if shard_mb else None)
     rj = ShardWriter(rejects_dir, shard_rows, None, prefix)
     read = rejected = 0
     fmt = None
@@ -550,7 +551,7 @@ def ingest(cfg: Config, work_dir: Path, rejects_dir: Path, progress: bool = Fals
     sources = []
     for i, spec in enumerate(source_specs(cfg)):
         sources.append(ingest_source(spec, work_dir, rejects_dir, cfg.run.shard_rows, cfg.run.read_batch_rows,
-                                     prefix=f"part-{i:03d}-"))
+                                     prefix=f"part-{i:03d}-", shard_mb=cfg.run.shard_mb))
     shards = [Path(p) for s in sources for p in s["shards"]]
     rejects = [Path(p) for s in sources for p in s["rejects"]]
     return IngestResult(shards, rejects, sources)
@@ -561,11 +562,11 @@ def source_specs(cfg: Config) -> list[SourceSpec]:
                        hf_builder=sc.hf_builder, hf_split=sc.hf_split) for sc in cfg.sources]
 
 
-def source_key(spec: SourceSpec, shard_rows: int) -> str:
+def source_key(spec: SourceSpec, shard_rows: int, shard_mb: float | None = None) -> str:
     """Key of a source's ingest: its content hash and every reader setting that shapes the shards."""
     content = file_fingerprint(spec.path) if spec.container != "hf_load" and Path(spec.path).exists() else "-"
     return hkey("ingest", STORE_VERSION, _package_version(), content, spec.source_name, spec.container, spec.format,
-                spec.hf_builder, spec.hf_split, json.dumps(spec.hf_kwargs, sort_keys=True, default=str), shard_rows)
+                spec.hf_builder, spec.hf_split, json.dumps(spec.hf_kwargs, sort_keys=True, default=str), shard_rows, shard_mb)
 
 
 @dataclass(frozen=True)
@@ -579,15 +580,16 @@ class IngestRef:
     seconds: float
 
 
-def ingest_cached(spec: SourceSpec, store: WorkStore, shard_rows: int, batch_rows: int, prefix: str) -> IngestRef:
+def ingest_cached(spec: SourceSpec, store: WorkStore, shard_rows: int, batch_rows: int, prefix: str,
+                  shard_mb: float | None = None) -> IngestRef:
     """Ingest one source into the work store, or find it there (same content and reader settings)."""
-    key = source_key(spec, shard_rows)
+    key = source_key(spec, shard_rows, shard_mb)
     entry = store.ingest_dir(key)
     cached = WorkStore.done(entry)
     t0 = time.perf_counter()
     if not cached:
         tmp = WorkStore.tmp_for(entry)
-        info = ingest_source(spec, tmp, tmp / "rejects", shard_rows, batch_rows)
+        info = ingest_source(spec, tmp, tmp / "rejects", shard_rows, batch_rows, shard_mb=shard_mb)
         info["shards"] = [Path(p).name for p in info["shards"]]
         info["rejects"] = [Path(p).name for p in info["rejects"]]
         info["shard_rows"] = [pq.read_metadata(tmp / n).num_rows for n in info["shards"]]
@@ -818,7 +820,10 @@ def split_global(result: pl.DataFrame, new_columns: list[str], n_shards: int) ->
 
 
 def global_new_columns(stage: Stage, before: list[str], after: pl.DataFrame) -> list[str]:
-    return [c for c in after.columns if c not in ("_shard", "_pos") and (c not in before or c in stage.columns)]
+    """Columns a global step hands back to the shards: new ones, and the stage's declared columns
+    unless they are scratch inputs (``_*``) it gathered (writing those back would copy them whole)."""
+    return [c for c in after.columns if c not in ("_shard", "_pos")
+            and (c not in before or (c in stage.columns and not c.startswith("_")))]
 
 
 @dataclass(frozen=True)
@@ -829,9 +834,14 @@ class GlobalResult:
     models: dict[str, Any] | None = None
 
 
+def _saves_state(plan: Plan, index: int) -> bool:
+    """Whether a global step also persists the stage's state (only when the run keeps state)."""
+    return plan.spec(index).stateful and plan.ctx.state_out is not None
+
+
 def global_key(plan: Plan, index: int, chains: list[ShardChain]) -> str:
     spec = plan.spec(index)
-    return hkey("global", spec.key, *[c.key for c in chains])
+    return hkey("global", spec.key, "state" if _saves_state(plan, index) else "", *[c.key for c in chains])
 
 
 def run_global(plan: Plan, index: int, chains: list[ShardChain]) -> GlobalResult:
@@ -862,7 +872,7 @@ def run_global(plan: Plan, index: int, chains: list[ShardChain]) -> GlobalResult
     tmp = WorkStore.tmp_for(entry)
     for i, s in enumerate(slices):
         write_cache_file(s, tmp / _slice_name(i))
-    if spec.stateful:
+    if _saves_state(plan, index):
         stage.save_state(tmp / "state")
     summary = _safe(stage, "summary")
     models = _safe(stage, "models")
@@ -1195,7 +1205,7 @@ def run(cfg: Config, out: str | Path | None = None, run_id: str | None = None, p
         log(f"run {run_id}: ingesting {len(cfg.sources)} source(s)")
         t0 = time.perf_counter()
         prefixes = [f"part-{i:03d}-" for i in range(len(cfg.sources))]
-        refs = [ingest_cached(spec, store, cfg.run.shard_rows, cfg.run.read_batch_rows, prefix)
+        refs = [ingest_cached(spec, store, cfg.run.shard_rows, cfg.run.read_batch_rows, prefix, cfg.run.shard_mb)
                 for spec, prefix in zip(source_specs(cfg), prefixes, strict=True)]
         t_ingest = time.perf_counter() - t0
         sources = [r.source for r in refs]

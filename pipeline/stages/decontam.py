@@ -170,9 +170,12 @@ class Decontaminate(Stage):
         hits = []
         for w in self._widths:
             flat, off = shingle_hashes(norm, int(w))
-            rows = np.repeat(np.arange(df.height, dtype=np.int64), np.diff(off))
-            sh = pl.DataFrame({"row": rows, "h": flat})
             idx = self._index.filter(pl.col("w") == w).select("h", "item")
+            # only the shingles that occur in a benchmark item become rows of a frame (a shard has
+            # millions of shingles, the benchmarks' index a few hundred thousand)
+            pos = pl.Series(flat).is_in(idx["h"].unique().implode()).arg_true().to_numpy().astype(np.int64)
+            rows = np.searchsorted(off, pos, side="right") - 1
+            sh = pl.DataFrame({"row": rows, "h": flat[pos]})
             hits.append(sh.join(idx, on="h", how="inner").unique(["row", "h", "item"]))
         pairs = (
             pl.concat(hits).group_by(["row", "item"]).agg(pl.len().alias("ngrams"))

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import Field
 
+from pipeline.dedup import _PRIME, _mix64
 from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
 from pipeline.text import normalize_expr, text_expr
 
@@ -36,25 +38,42 @@ class HeuristicsParams(StageParams):
 
 
 def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
-    """``1 - distinct/total`` word n-grams for each list of words (0 where there are fewer than n)."""
-    ex = pl.DataFrame({"_r": pl.arange(0, len(words), dtype=pl.UInt32, eager=True), "w": words}).explode("w")
-    h = pl.col("w").hash(42)
-    same = pl.lit(True)
-    parts = [h.alias("h0")]
-    for k in range(1, n):
-        parts.append(h.shift(-k).alias(f"h{k}"))
-        same = same & (pl.col("_r").shift(-k) == pl.col("_r"))
-    grams = ex.with_columns(pl.struct(parts).hash(7).alias("g"), same.fill_null(False).alias("ok")).filter(
-        pl.col("ok") & pl.col("w").is_not_null()
-    )
-    agg = grams.group_by("_r").agg(pl.len().alias("t"), pl.col("g").n_unique().alias("u"))
-    out = (
-        pl.DataFrame({"_r": pl.arange(0, len(words), dtype=pl.UInt32, eager=True)})
-        .join(agg, on="_r", how="left")
-        .sort("_r")
-        .select((1.0 - pl.col("u") / pl.col("t")).fill_null(0.0).alias("ratio"))
-    )
-    return out["ratio"]
+    """``1 - distinct/total`` word n-grams for each list of words (0 where there are fewer than n).
+
+    Vectorised over the whole shard: words are hashed once (the strings are dropped), n-gram
+    hashes are combined from shifted views, and distinct n-grams per row are counted by sorting
+    one ``(row, hash)`` key per n-gram. Hashes keep at least 40 bits after the row bits, so a
+    collision inside one response is vanishingly rare.
+    """
+    rows = len(words)
+    lens = words.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = words.explode().drop_nulls()
+    if rows == 0 or len(flat) == 0:
+        return pl.Series("ratio", np.zeros(rows))
+    wh = flat.hash(42).to_numpy().astype(np.uint64, copy=False)
+    m = len(wh)
+    starts = np.zeros(rows, dtype=np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    cnt = np.maximum(lens - n + 1, 0)
+    if m < n or not cnt.any():
+        return pl.Series("ratio", np.zeros(rows))
+    with np.errstate(over="ignore"):
+        h = np.full(m - n + 1, 0xCBF29CE484222325, dtype=np.uint64)
+        for k in range(n):
+            np.bitwise_xor(h, wh[k : m - n + 1 + k], out=h)
+            np.multiply(h, _PRIME, out=h)
+        h = _mix64(h)
+    pos = np.arange(m - n + 1, dtype=np.int64) - np.repeat(starts, lens)[: m - n + 1]
+    ok = pos <= np.repeat(lens - n, lens)[: m - n + 1]
+    row_of = np.repeat(np.arange(rows, dtype=np.uint64), cnt)
+    row_bits = max(1, int(rows).bit_length())
+    key = (row_of << np.uint64(64 - row_bits)) | (h[ok] >> np.uint64(row_bits))
+    key.sort()
+    new = np.ones(len(key), dtype=bool)
+    new[1:] = key[1:] != key[:-1]
+    distinct = np.bincount((key[new] >> np.uint64(64 - row_bits)).astype(np.int64), minlength=rows)
+    ratio = np.where(cnt > 0, 1.0 - distinct / np.maximum(cnt, 1), 0.0)
+    return pl.Series("ratio", ratio)
 
 
 class Heuristics(Stage):
@@ -79,7 +98,7 @@ class Heuristics(Stage):
             assistant.list.eval(el.fill_null("").str.strip_chars().str.len_chars() == 0).list.any().alias("heur_empty_response"),
             (normalize_expr(text_expr("instruction")) == normalize_expr(response)).alias("heur_response_eq_instruction"),
             response.str.to_lowercase().str.extract_all(r"\w+").alias("_words"),
-            response.str.replace_all(r"\s+", "").str.len_chars().alias("_nonspace"),
+            (response.str.len_chars() - response.str.count_matches(r"\s")).alias("_nonspace"),
             response.str.count_matches(r"[^\p{L}\p{N}\s]").alias("_sym"),
             (pl.col("messages").list.last().struct.field("role") != "assistant").alias("heur_ends_with_user"),
         )

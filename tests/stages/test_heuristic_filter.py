@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.io.readers import read_table
 from pipeline.stages import heuristics
@@ -65,3 +68,15 @@ def test_real_sharegpt_rows(real_dir: Path) -> None:
     assert 0 < frac < 0.2  # the rules bite, but only on a small share of real chat data
     ends = out.filter(pl.col("heur_ends_with_user"))
     assert (ends["messages"].list.last().struct.field("role") != "assistant").all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=12)), max_size=15),
+       st.integers(1, 4))
+def test_rep_ngram_ratio_matches_a_python_reference(lists, n) -> None:
+    def ref(ws):
+        grams = [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)] if ws else []
+        return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+    got = rep_ngram_ratio(pl.Series(lists, dtype=pl.List(pl.String)), n).to_list()
+    assert got == pytest.approx([ref(w) for w in lists])
