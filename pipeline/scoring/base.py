@@ -359,7 +359,7 @@ class LMStage(Stage):
 
     # ------------------------------------------------------------------ the stage halves
     def compute(self, conv: pl.DataFrame) -> pl.DataFrame:
-        """Per row id: the stage's score columns (minus model/template). Implemented by scorers."""
+        """Per row id: the stage's score columns (minus model/template); a ``_truncated`` column becomes ``<prefix>_truncated``."""
         raise NotImplementedError
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
@@ -367,7 +367,7 @@ class LMStage(Stage):
         conv = df.filter(pl.col("keep")).select("id", "messages").unique("id", maintain_order=True)
         new_cols = {c: t for c, t in self.columns.items() if not c.startswith("_")}
         if conv.height:
-            rows = self.compute(conv)
+            rows = self.compute(conv).rename({"_truncated": f"{self.prefix}_truncated"}, strict=False)
             self._counts["rows_scored"] += rows.height
         else:
             rows = pl.DataFrame(schema={"id": pl.String})

@@ -125,10 +125,9 @@ class Deita(LMStage):
             (pl.col("truncated").fill_null(False) | pl.col("truncated_q").fill_null(False)).alias("truncated"),
         )
         agg = p.turn_agg
-        rows = per_row(u, [*aggregate_turns(u, "complexity", agg, "deita_complexity", "deita_complexity_turns"),
+        return per_row(u, [*aggregate_turns(u, "complexity", agg, "deita_complexity", "deita_complexity_turns"),
                            *aggregate_turns(u, "quality", agg, "deita_quality", "deita_quality_turns"),
                            *aggregate_turns(u, "score", agg, "deita_score")])
-        return rows.rename({"_truncated": "deita_truncated"}, strict=False)
 
 
 deita = lm_function(Deita)

@@ -108,10 +108,9 @@ class ErrorUncertainty(LMStage):
     def compute(self, conv: pl.DataFrame) -> pl.DataFrame:
         u = self.lik_pass(conv, turn_units(conv))
         agg = self.params.turn_agg
-        rows = per_row(u, [*aggregate_turns(u, "nll", agg, "eu_nll", "eu_nll_turns"),
+        return per_row(u, [*aggregate_turns(u, "nll", agg, "eu_nll", "eu_nll_turns"),
                            *aggregate_turns(u, "entropy", agg, "eu_entropy", "eu_entropy_turns"),
                            pl.col("n_tokens").sum().cast(pl.Int64).alias("eu_tokens")])
-        return rows.rename({"_truncated": "eu_truncated"}, strict=False)
 
     def score_global(self, df: pl.DataFrame) -> pl.DataFrame:
         df = super().score_global(df)

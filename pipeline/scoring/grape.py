@@ -74,9 +74,8 @@ class Grape(LMStage):
     def compute(self, conv: pl.DataFrame) -> pl.DataFrame:
         u = self.lik_pass(conv, turn_units(conv, last_only=self.params.turns == "last"))
         u = u.with_columns((-pl.col("nll")).alias("loglik"))
-        rows = per_row(u, [*aggregate_turns(u, "loglik", self.params.turn_agg, "grape_loglik", "grape_loglik_turns"),
+        return per_row(u, [*aggregate_turns(u, "loglik", self.params.turn_agg, "grape_loglik", "grape_loglik_turns"),
                            pl.col("n_tokens").sum().cast(pl.Int64).alias("grape_tokens")])
-        return rows.rename({"_truncated": "grape_truncated"}, strict=False)
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         out = super().score(df)

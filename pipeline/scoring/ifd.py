@@ -66,10 +66,9 @@ class IFD(LMStage):
             (pl.col("truncated") | pl.col("trunc_u").fill_null(False)).alias("truncated"),
         )
         agg = self.params.turn_agg
-        rows = per_row(u, [*aggregate_turns(u, "ifd", agg, "ifd", "ifd_turns"),
+        return per_row(u, [*aggregate_turns(u, "ifd", agg, "ifd", "ifd_turns"),
                            *aggregate_turns(u, "ppl_c", agg, "ifd_ppl_cond"),
                            *aggregate_turns(u, "ppl_u", agg, "ifd_ppl_uncond")])
-        return rows.rename({"_truncated": "ifd_truncated"}, strict=False)
 
 
 ifd = lm_function(IFD)

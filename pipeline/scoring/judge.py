@@ -102,8 +102,7 @@ class Judge(LMStage):
         lp, ids = rating_matrix(got, len(cands))
         u = got.select("id", "turn", "truncated").with_columns(
             pl.Series("yes", yes_probability(lp, ids, len(p.yes_tokens))).fill_nan(None))
-        rows = per_row(u, aggregate_turns(u, "yes", p.turn_agg, "judge_yes_prob", "judge_yes_prob_turns"))
-        return rows.rename({"_truncated": "judge_truncated"}, strict=False)
+        return per_row(u, aggregate_turns(u, "yes", p.turn_agg, "judge_yes_prob", "judge_yes_prob_turns"))
 
 
 judge = lm_function(Judge)

@@ -42,10 +42,9 @@ class Perplexity(LMStage):
     def compute(self, conv: pl.DataFrame) -> pl.DataFrame:
         u = self.lik_pass(conv, turn_units(conv)).with_columns(pl.col("nll").exp().alias("ppl"))
         agg = self.params.turn_agg
-        rows = per_row(u, [*aggregate_turns(u, "ppl", agg, "ppl", "ppl_turns"),
+        return per_row(u, [*aggregate_turns(u, "ppl", agg, "ppl", "ppl_turns"),
                            *aggregate_turns(u, "nll", agg, "ppl_nll"),
                            pl.col("n_tokens").sum().cast(pl.Int64).alias("ppl_tokens")])
-        return rows.rename({"_truncated": "ppl_truncated"}, strict=False)
 
 
 perplexity = lm_function(Perplexity)
