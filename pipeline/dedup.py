@@ -55,6 +55,7 @@ SCRATCH_RESPONSE_CHARS = "_dedup_response_chars"
 #: Fixed seeds: hashes must be identical across processes and runs (incremental state).
 HASH_SEED = 0x5F7C_2A11
 _PRIME = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime: the n-gram combine step
+_FNV_OFFSET = 0xCBF29CE484222325  # FNV-1a 64-bit offset basis: the combine's start value
 
 
 class KeeperParams(StageParams):
@@ -139,6 +140,26 @@ def word_lists(texts: pl.Series) -> tuple[pl.Series, np.ndarray]:
     return flat.filter(pl.Series(word)), counts
 
 
+def ngram_hashes(wh: np.ndarray, lens: np.ndarray, n: int, starts: np.ndarray | None = None) -> np.ndarray:
+    """Unmixed hashes of every word n-gram inside a row, in row order (rows with fewer than ``n``
+    words contribute none): an FNV-style combine of ``n`` consecutive word hashes ``wh``, computed
+    for all positions at once from shifted views, then the n-grams that cross a row end dropped.
+    ``lens`` are words per row (``wh`` is their concatenation); ``starts`` their offsets if known."""
+    m = len(wh)
+    if m < n:
+        return np.zeros(0, dtype=np.uint64)
+    if starts is None:
+        starts = np.zeros(len(lens), dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+    with np.errstate(over="ignore"):
+        h = np.full(m - n + 1, _FNV_OFFSET, dtype=np.uint64)
+        for k in range(n):
+            np.bitwise_xor(h, wh[k : m - n + 1 + k], out=h)
+            np.multiply(h, _PRIME, out=h)
+    pos = np.arange(m - n + 1, dtype=np.int64) - np.repeat(starts, lens)[: m - n + 1]
+    return h[pos <= np.repeat(lens - n, lens)[: m - n + 1]]
+
+
 def shingle_hashes(texts: pl.Series, n: int = 5, seed: int = HASH_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Word n-gram shingles of texts, hashed: ``(flat uint64 hashes, row offsets)``.
 
@@ -162,18 +183,11 @@ def shingle_hashes(texts: pl.Series, n: int = 5, seed: int = HASH_SEED) -> tuple
     if total == 0:
         return out, off
     # the start value does not depend on n: a whole short text hashes like the same words as an n-gram
-    seed_h = np.uint64(0xCBF29CE484222325)
+    seed_h = np.uint64(_FNV_OFFSET)
     full_rows = lens >= n
     with np.errstate(over="ignore"):
         if m >= n and full_rows.any():
-            # an n-gram at every word position via shifted views, then keep the ones inside a row
-            h = np.full(m - n + 1, seed_h, dtype=np.uint64)
-            for k in range(n):
-                np.bitwise_xor(h, wh[k : m - n + 1 + k], out=h)
-                np.multiply(h, _PRIME, out=h)
-            pos = np.arange(m, dtype=np.int64) - np.repeat(starts, lens)
-            ok = (pos <= np.repeat(lens - n, lens))[: m - n + 1]
-            out[np.repeat(full_rows, cnt)] = h[ok]
+            out[np.repeat(full_rows, cnt)] = ngram_hashes(wh, lens, n, starts)
         short = np.flatnonzero((lens > 0) & ~full_rows)
         if len(short):
             sl, ss = lens[short], starts[short]

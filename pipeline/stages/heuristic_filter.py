@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.dedup import _PRIME, _mix64
+from pipeline.dedup import _mix64, ngram_hashes
 from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
 from pipeline.text import normalize_expr, text_expr
 
@@ -41,33 +41,20 @@ def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
     """``1 - distinct/total`` word n-grams for each list of words (0 where there are fewer than n).
 
     Vectorised over the whole shard: words are hashed once (the strings are dropped), n-gram
-    hashes are combined from shifted views, and distinct n-grams per row are counted by sorting
+    hashes come from :func:`pipeline.dedup.ngram_hashes`, and distinct n-grams per row are counted by sorting
     one ``(row, hash)`` key per n-gram. Hashes keep at least 40 bits after the row bits, so a
     collision inside one response is vanishingly rare.
     """
     rows = len(words)
     lens = words.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = words.explode().drop_nulls()
-    if rows == 0 or len(flat) == 0:
-        return pl.Series("ratio", np.zeros(rows))
-    wh = flat.hash(42).to_numpy().astype(np.uint64, copy=False)
-    m = len(wh)
-    starts = np.zeros(rows, dtype=np.int64)
-    np.cumsum(lens[:-1], out=starts[1:])
     cnt = np.maximum(lens - n + 1, 0)
-    if m < n or not cnt.any():
+    if rows == 0 or not cnt.any():
         return pl.Series("ratio", np.zeros(rows))
-    with np.errstate(over="ignore"):
-        h = np.full(m - n + 1, 0xCBF29CE484222325, dtype=np.uint64)
-        for k in range(n):
-            np.bitwise_xor(h, wh[k : m - n + 1 + k], out=h)
-            np.multiply(h, _PRIME, out=h)
-        h = _mix64(h)
-    pos = np.arange(m - n + 1, dtype=np.int64) - np.repeat(starts, lens)[: m - n + 1]
-    ok = pos <= np.repeat(lens - n, lens)[: m - n + 1]
+    h = _mix64(ngram_hashes(flat.hash(42).to_numpy().astype(np.uint64, copy=False), lens, n))
     row_of = np.repeat(np.arange(rows, dtype=np.uint64), cnt)
     row_bits = max(1, int(rows).bit_length())
-    key = (row_of << np.uint64(64 - row_bits)) | (h[ok] >> np.uint64(row_bits))
+    key = (row_of << np.uint64(64 - row_bits)) | (h >> np.uint64(row_bits))
     key.sort()
     new = np.ones(len(key), dtype=bool)
     new[1:] = key[1:] != key[:-1]
