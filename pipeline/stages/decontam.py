@@ -144,6 +144,11 @@ class Decontaminate(Stage):
         self._item_grams = index.group_by("item").agg(pl.len().alias("item_ngrams"))
         self._index = index
         self._widths = sorted(set(index["w"].unique().to_list()))
+        # per width: the (hash, item) pairs and the distinct hashes a shard's shingles are tested against
+        self._by_width: dict[int, tuple[pl.DataFrame, pl.Series]] = {}
+        for w in self._widths:
+            pairs = index.filter(pl.col("w") == w).select("h", "item")
+            self._by_width[w] = (pairs, pairs["h"].unique().implode())
         self._short = pl.concat(shorts).select(pl.col("t").hash(seed=HASH_SEED).alias("h"), "item")
         self._bench_vecs: np.ndarray | None = None
         if p.embedding:
@@ -170,10 +175,10 @@ class Decontaminate(Stage):
         hits = []
         for w in self._widths:
             flat, off = shingle_hashes(norm, int(w))
-            idx = self._index.filter(pl.col("w") == w).select("h", "item")
+            idx, hashes = self._by_width[w]
             # only the shingles that occur in a benchmark item become rows of a frame (a shard has
             # millions of shingles, the benchmarks' index a few hundred thousand)
-            pos = pl.Series(flat).is_in(idx["h"].unique().implode()).arg_true().to_numpy().astype(np.int64)
+            pos = pl.Series(flat).is_in(hashes).arg_true().to_numpy().astype(np.int64)
             rows = np.searchsorted(off, pos, side="right") - 1
             sh = pl.DataFrame({"row": rows, "h": flat[pos]})
             hits.append(sh.join(idx, on="h", how="inner").unique(["row", "h", "item"]))
