@@ -57,7 +57,7 @@ from pipeline.runner import (
     collect_state,
     complete_manifest,
     copy_rejects,
-    fail_manifest,
+    failure_recorded,
     finalize_chain,
     finish_run,
     ingest_cached,
@@ -373,7 +373,7 @@ def batch_run(cfg: Config, out: str | None, run_id: str | None, engine: str) -> 
     run_dir, run_id = prepare_run_dir(cfg, out, run_id)
     stages = cfg.build_stages()
     manifest = start_manifest(cfg, run_id, run_dir, engine)
-    try:
+    with failure_recorded(manifest, run_dir):
         store = WorkStore(work_root(cfg, out))
         sweep_old_temps(store)
         plan = build_plan(stages, make_context(cfg, run_dir, cache_dir=store.root / "sidecars"), store.root)
@@ -409,9 +409,6 @@ def batch_run(cfg: Config, out: str | None, run_id: str | None, engine: str) -> 
         manifest = json.loads((run_dir / "manifest.json").read_text())  # the report links itself in
         publish(manifest, cfg.run.name)
         return {"run_dir": str(run_dir), "manifest": manifest}
-    except BaseException as e:
-        fail_manifest(manifest, run_dir, e)
-        raise
 
 
 def prefect_info() -> dict[str, Any]:

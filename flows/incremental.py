@@ -44,7 +44,7 @@ from pipeline.runner import (
     collect_state,
     complete_manifest,
     copy_rejects,
-    fail_manifest,
+    failure_recorded,
     file_fingerprint,
     make_context,
     materialize_chain,
@@ -176,7 +176,7 @@ def nightly_run(cfg: Config, out: str | None, run_id: str | None, input_dir: str
         logger.warning("incremental mode reads %s; the config's `sources` are ignored", root)
     run_dir, run_id = prepare_run_dir(cfg, out, run_id)
     manifest = start_manifest(cfg, run_id, run_dir, engine)
-    try:
+    with failure_recorded(manifest, run_dir):
         store = WorkStore(work_root(cfg, out))
         sweep_old_temps(store)
         logger.info("night %d (%s): %d new file(s), %d already processed", night, run_id, len(fresh), len(seen))
@@ -286,6 +286,3 @@ def nightly_run(cfg: Config, out: str | None, run_id: str | None, input_dir: str
                     added.height, removed.height)
         publish(manifest, cfg.run.name)
         return {"run_dir": str(run_dir), "manifest": manifest}
-    except BaseException as e:
-        fail_manifest(manifest, run_dir, e)
-        raise

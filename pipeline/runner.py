@@ -38,7 +38,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1147,6 +1147,22 @@ def fail_manifest(manifest: dict[str, Any], run_dir: Path, err: BaseException) -
         write_json_atomic(manifest, run_dir / "manifest.json")
 
 
+@contextlib.contextmanager
+def failure_recorded(manifest: dict[str, Any], run_dir: Path) -> Iterator[None]:
+    """Around a run's body: any error (or interrupt) marks ``manifest.json`` ``failed`` and goes on
+    up. The manifest last written to disk is the one marked (it holds whatever the run recorded so
+    far); ``manifest`` stands in when that cannot be read."""
+    try:
+        yield
+    except BaseException as e:
+        try:
+            latest = json.loads((run_dir / "manifest.json").read_text())
+        except (OSError, ValueError):
+            latest = manifest
+        fail_manifest(latest, run_dir, e)
+        raise
+
+
 def finish_run(run_dir: Path, cfg: Config, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """After a complete run: the HTML report (``run.report``) and the configured exports (``export:``).
 
@@ -1197,7 +1213,7 @@ def run(cfg: Config, out: str | Path | None = None, run_id: str | None = None, p
     run_dir, run_id = prepare_run_dir(cfg, out, run_id)
     stages = cfg.build_stages()
     manifest = start_manifest(cfg, run_id, run_dir, "local")
-    try:
+    with failure_recorded(manifest, run_dir):
         store = WorkStore(run_dir / "work")
         store.sweep_temps()
         plan = build_plan(stages, make_context(cfg, run_dir), store.root)
@@ -1246,9 +1262,6 @@ def run(cfg: Config, out: str | Path | None = None, run_id: str | None = None, p
         c = manifest["counts"]
         log(f"  kept {c['kept']:,}, dropped {c['dropped']:,}, rejected {c['rejected']:,}, selected {c['selected']:,}")
         return RunResult(run_dir, manifest)
-    except BaseException as e:
-        fail_manifest(manifest, run_dir, e)
-        raise
 
 
 __all__ = ["run", "RunResult", "ingest", "ingest_source", "ingest_cached", "apply_row_stages", "gather_global",
