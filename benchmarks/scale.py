@@ -78,6 +78,7 @@ _spec = importlib.util.spec_from_file_location("bench_dedup", Path(__file__).wit
 _dd = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(_dd)  # type: ignore[union-attr]
 edit_words, py_conversation, fast_shingles, jaccard = _dd.edit_words, _dd.py_conversation, _dd.fast_shingles, _dd.jaccard
+peak_rss_mb = _dd.peak_rss_mb  # VmHWM: ru_maxrss would carry the parent's over fork+exec
 THRESHOLD = _dd.THRESHOLD  # MinHash threshold of the config, and of the "expected" label of near copies
 
 BASE_FILES = ["t0_templated_50k.parquet", "alpaca_eval_judged.parquet", "sharegpt_17k.parquet", "gsm8k_train.jsonl.gz",
@@ -114,11 +115,6 @@ def vm_kb(field: str) -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM (ru_maxrss would carry the parent's over fork+exec)."""
-    return vm_kb("VmHWM") / 1024
 
 
 def children_rss_mb() -> float:
@@ -460,7 +456,7 @@ def child_run(cfg_path: str, run_id: str, report: bool) -> dict[str, Any]:
         p["seconds"] = p["t1"] - p["t0"]
         p["peak_rss_mb"] = max(inside) / 1024 if inside else None
     return {"run_dir": res["run_dir"], "wall_s": wall, "report_s": report_s, "rss_start_mb": rss0,
-            "peak_rss_flow_mb": rss_flow, "peak_rss_mb": vm_kb("VmHWM") / 1024, "children_rss_mb": children_rss_mb(),
+            "peak_rss_flow_mb": rss_flow, "peak_rss_mb": peak_rss_mb(), "children_rss_mb": children_rss_mb(),
             "phases": ph, "log_lines": len(handler.lines), "rss_series": series,
             "flow_log": [(round(t - t_call, 1), m) for t, m in handler.lines]}
 
