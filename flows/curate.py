@@ -54,9 +54,7 @@ from pipeline.runner import (
     StepError,
     WorkStore,
     build_plan,
-    collect_state,
     complete_manifest,
-    copy_rejects,
     failure_recorded,
     finalize_chain,
     finish_run,
@@ -70,6 +68,7 @@ from pipeline.runner import (
     source_specs,
     stage_reports,
     start_manifest,
+    write_rejects_and_state,
 )
 
 TEMP_MAX_AGE_S = 6 * 3600
@@ -390,9 +389,7 @@ def batch_run(cfg: Config, out: str | None, run_id: str | None, engine: str) -> 
             chains, globals_ = run_plan(plan, chains, cfg.flow, tally, logger)
             t0 = time.perf_counter()
             outcome = merge_outcomes(finalize_all(chains, run_dir, cfg.flow))
-            copy_rejects(refs, prefixes, run_dir)
-            if plan.ctx.state_out is not None:
-                collect_state(plan, globals_, plan.ctx.state_out)
+            write_rejects_and_state(plan, globals_, refs, prefixes, run_dir)
             t_final = time.perf_counter() - t0
             reports = stage_reports(plan)
         finally:

@@ -951,6 +951,15 @@ def copy_rejects(refs: Iterable[IngestRef], prefixes: Iterable[str], run_dir: Pa
             os.replace(tmp, dst)
 
 
+def write_rejects_and_state(plan: Plan, globals_: Iterable[GlobalResult], refs: Iterable[IngestRef],
+                            prefixes: Iterable[str], run_dir: Path) -> None:
+    """After finalize: the sources' rejects into ``rejects/``, and each stateful stage's state when the
+    run keeps state (``run.save_state``)."""
+    copy_rejects(refs, prefixes, run_dir)
+    if plan.ctx.state_out is not None:
+        collect_state(plan, globals_, plan.ctx.state_out)
+
+
 def collect_state(plan: Plan, globals_: Iterable[GlobalResult], state_out: Path) -> list[str]:
     """Copy each stateful stage's persisted state into ``state_out/<stage>``.
 
@@ -1247,9 +1256,7 @@ def run(cfg: Config, out: str | Path | None = None, run_id: str | None = None, p
                     log(f"  {plan.spec(seg.global_stage).name}: global step done")
             t0 = time.perf_counter()
             outcome = merge_outcomes(finalize_chain(c, run_dir) for c in chains)
-            copy_rejects(refs, prefixes, run_dir)
-            if plan.ctx.state_out is not None:
-                collect_state(plan, globals_, plan.ctx.state_out)
+            write_rejects_and_state(plan, globals_, refs, prefixes, run_dir)
             t_final = time.perf_counter() - t0
             reports = stage_reports(plan)
         finally:
