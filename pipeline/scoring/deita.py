@@ -103,19 +103,19 @@ class Deita(LMStage):
     def compute(self, conv: pl.DataFrame) -> pl.DataFrame:
         p = self.params
         tt = turn_texts(conv)
-        cx = tt.select("id", "turn", pl.Series("text", [fill(p.complexity_template, instruction=i)
-                                                         for i in tt["instruction"].to_list()], dtype=pl.String))
         qu = tt.select("id", "turn", pl.Series("text", [fill(p.quality_template, instruction=i, output=r)
                                                          for i, r in zip(tt["instruction"].to_list(),
                                                                          tt["response"].to_list(), strict=True)],
                                                dtype=pl.String))
-        # complexity sees only the instruction: one request per distinct prompt (rows sharing an
-        # instruction, as in GRAPE pools, get the same value, not float-noise variants of it), cached
-        # under the prompt's hash
-        cx = cx.with_columns(hash_payloads(cx["text"]).alias("_key"))
-        cu = cx.unique("_key", maintain_order=True).select(
-            pl.col("_key").alias("id"), pl.lit(0, dtype=cx.schema["turn"]).alias("turn"), "text")
-        c = cx.select("id", "turn", "_key").join(
+        # complexity sees only the instruction: one request per distinct instruction (rows sharing one,
+        # as in GRAPE pools, get the same value, not float-noise variants of it), cached under the
+        # instruction's hash (the template is part of the pass's cache key)
+        keyed = tt.select("id", "turn", "instruction", hash_payloads(tt["instruction"]).alias("_key"))
+        distinct = keyed.unique("_key", maintain_order=True)
+        cu = distinct.select(pl.col("_key").alias("id"), pl.lit(0, dtype=tt.schema["turn"]).alias("turn"),
+                             pl.Series("text", [fill(p.complexity_template, instruction=i)
+                                                for i in distinct["instruction"].to_list()], dtype=pl.String))
+        c = keyed.select("id", "turn", "_key").join(
             self._rate("complexity", cu, p.complexity_template).drop("turn").rename({"id": "_key"}),
             on="_key", how="left").drop("_key")
         q = self._rate("quality", qu, p.quality_template)
