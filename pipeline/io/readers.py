@@ -619,8 +619,7 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
             if fmt is None:
                 undetected.append((row, rec))
                 if len(undetected) >= batch_rows:  # bounded: give up guessing, reject what we held
-                    for r, x in undetected:
-                        builder.reject(r, "unknown record format; set the source's format", _raw_text(x) if not isinstance(x, _Raw) else x.raw)
+                    _reject_undetected(builder, undetected)
                     undetected.clear()
                 continue
             for r, x in undetected:
@@ -630,13 +629,19 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
         if len(builder) >= batch_rows:
             yield builder.build(fmt)
             builder = _BatchBuilder(spec.source_name)
-    for r, x in undetected:
+    _reject_undetected(builder, undetected)
+    if len(builder):
+        yield builder.build(fmt)
+
+
+def _reject_undetected(builder: _BatchBuilder, held: list[tuple[int, Any]]) -> None:
+    """Reject records held while no format could be detected: an unreadable one with its own
+    reason, a readable one as of unknown format."""
+    for r, x in held:
         if isinstance(x, _Raw):
             builder.reject(r, x.reason, x.raw)
         else:
             builder.reject(r, "unknown record format; set the source's format", _raw_text(x))
-    if len(builder):
-        yield builder.build(fmt)
 
 
 def read_table(path: str, fmt: str = "auto", name: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
