@@ -156,8 +156,12 @@ def ngram_hashes(wh: np.ndarray, lens: np.ndarray, n: int, starts: np.ndarray | 
         for k in range(n):
             np.bitwise_xor(h, wh[k : m - n + 1 + k], out=h)
             np.multiply(h, _PRIME, out=h)
-    pos = np.arange(m - n + 1, dtype=np.int64) - np.repeat(starts, lens)[: m - n + 1]
-    return h[pos <= np.repeat(lens - n, lens)[: m - n + 1]]
+    # the n - 1 last positions of each row start an n-gram that runs into the next row
+    ok = np.ones(m - n + 1, dtype=bool)
+    bad = (starts + lens)[:, None] - np.arange(1, n, dtype=np.int64)[None, :]
+    bad = bad[(bad >= starts[:, None]) & (bad < m - n + 1)]
+    ok[bad] = False
+    return h[ok]
 
 
 def shingle_hashes(texts: pl.Series, n: int = 5, seed: int = HASH_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -169,8 +173,20 @@ def shingle_hashes(texts: pl.Series, n: int = 5, seed: int = HASH_SEED) -> tuple
     fewer than ``n`` (but at least one) words is one shingle of all its words, so short texts can
     still match; an empty text has no shingles (offsets of row ``i``: ``off[i]:off[i+1]``).
     """
+    return shingles_from_words(*word_hashes(texts, seed), n)
+
+
+def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Polars hashes of the words of :func:`word_lists`: ``(uint64 hashes, words per row)``.
+
+    Compute them once and pass them to :func:`shingles_from_words` for several shingle widths."""
     flat, lens = word_lists(texts)
     wh = flat.hash(seed=seed).to_numpy().astype(np.uint64, copy=False) if len(flat) else np.zeros(0, np.uint64)
+    return wh, lens
+
+
+def shingles_from_words(wh: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shingle hashes of :func:`shingle_hashes` from word hashes (:func:`word_hashes`)."""
     rows, m = len(lens), len(wh)
     starts = np.zeros(rows, dtype=np.int64)
     if rows:
@@ -186,9 +202,14 @@ def shingle_hashes(texts: pl.Series, n: int = 5, seed: int = HASH_SEED) -> tuple
     seed_h = np.uint64(_FNV_OFFSET)
     full_rows = lens >= n
     with np.errstate(over="ignore"):
-        if m >= n and full_rows.any():
-            out[np.repeat(full_rows, cnt)] = ngram_hashes(wh, lens, n, starts)
         short = np.flatnonzero((lens > 0) & ~full_rows)
+        if m >= n and full_rows.any():
+            if len(short):
+                slot = np.ones(total, dtype=bool)
+                slot[off[short]] = False
+                out[slot] = ngram_hashes(wh, lens, n, starts)
+            else:
+                out[:] = ngram_hashes(wh, lens, n, starts)
         if len(short):
             sl, ss = lens[short], starts[short]
             acc = np.full(len(short), seed_h, dtype=np.uint64)
@@ -667,5 +688,7 @@ __all__ = [
     "minhash_signatures",
     "resolve_duplicates",
     "shingle_hashes",
+    "shingles_from_words",
+    "word_hashes",
     "write_dup_columns",
 ]

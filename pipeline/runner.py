@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -812,6 +813,34 @@ def gather_chains(chains: list[tuple[str, ...]], columns: list[str]) -> pl.DataF
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
+class ChainColumnReader:
+    """Rows of one column of the gathered pool, read from the shard chains a shard at a time.
+
+    Serves :meth:`Stage.global_column` for a stage's :attr:`Stage.global_lazy_inputs`: only the
+    shards that hold requested rows are read, and only that column, so memory is one shard's column
+    plus the rows asked for, not the whole pool's."""
+
+    def __init__(self, chains: list[tuple[str, ...]], shard: np.ndarray, pos: np.ndarray) -> None:
+        self.chains = chains
+        self.shard = np.asarray(shard, dtype=np.int64)
+        self.pos = np.asarray(pos, dtype=np.int64)
+
+    def __call__(self, name: str, rows: np.ndarray) -> pl.Series:
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return read_chain(self.chains[0], [name])[name].clear() if self.chains else pl.Series(name, [])
+        sh, ps = self.shard[rows], self.pos[rows]
+        order = np.lexsort((ps, sh))
+        cuts = np.flatnonzero(np.diff(sh[order])) + 1
+        parts = []
+        for seg in np.split(order, cuts):
+            col = read_chain(self.chains[int(sh[seg[0]])], [name])[name]
+            parts.append(col.gather(ps[seg]))
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        return pl.concat(parts).gather(inv)
+
+
 def split_global(result: pl.DataFrame, new_columns: list[str], n_shards: int) -> list[pl.DataFrame]:
     """Per-shard slices (in shard row order) of the columns a global stage added."""
     parts = {k[0]: v for k, v in result.sort(["_shard", "_pos"]).partition_by("_shard", as_dict=True).items()}
@@ -853,13 +882,17 @@ def run_global(plan: Plan, index: int, chains: list[ShardChain]) -> GlobalResult
     if WorkStore.done(entry):
         meta = json.loads((entry / "_meta.json").read_text())
         return GlobalResult(ref, StepStat(index, "global", True, 0.0), meta.get("summary"), meta.get("models"))
+    stage: Stage | None = None
     try:
         stage, setup_s = stage_instance(plan, index)
         t0 = time.perf_counter()
-        g = gather_chains([c.files for c in chains], stage.global_frame_columns())
+        files = [c.files for c in chains]
+        g = gather_chains(files, [c for c in stage.global_frame_columns() if c not in stage.global_lazy_inputs])
         io = time.perf_counter() - t0
         t0 = time.perf_counter()
         before = g.columns
+        if stage.global_lazy_inputs and g.height:
+            stage.column_reader = ChainColumnReader(files, g["_shard"].to_numpy(), g["_pos"].to_numpy())
         g2 = stage.score_global(g)
         dt = time.perf_counter() - t0
         if g2.height != g.height:
@@ -867,13 +900,20 @@ def run_global(plan: Plan, index: int, chains: list[ShardChain]) -> GlobalResult
         new = global_new_columns(stage, before, g2)
         slices = split_global(g2, new, len(chains)) if chains else []
     except Exception as e:
+        if stage is not None:
+            stage.column_reader = None
         raise StepError(f"stage {spec.label} (global) failed: {type(e).__name__}: {e}", index) from e
     t0 = time.perf_counter()
     tmp = WorkStore.tmp_for(entry)
     for i, s in enumerate(slices):
         write_cache_file(s, tmp / _slice_name(i))
-    if _saves_state(plan, index):
-        stage.save_state(tmp / "state")
+    try:
+        if _saves_state(plan, index):
+            stage.save_state(tmp / "state")
+        else:
+            stage.release_global()
+    finally:
+        stage.column_reader = None
     summary = _safe(stage, "summary")
     models = _safe(stage, "models")
     WorkStore.commit(tmp, entry, {

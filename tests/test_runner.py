@@ -205,3 +205,32 @@ def test_in_memory_chain_frames_give_the_same_bytes_as_reading_the_files(tmp_pat
         assert names == sorted(p.name for p in (b / sub).glob("*.parquet")) and names
         for n in names:
             assert (a / sub / n).read_bytes() == (b / sub / n).read_bytes(), f"{sub}/{n}"
+
+
+def test_minhash_reads_only_candidate_shingles_from_the_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner leaves MinHash's shingle lists out of the gathered pool and reads only the rows in
+    shared buckets from the shard files; the decisions equal the stage run on the whole table."""
+    from pipeline import runner
+    from pipeline.stages.minhash import SHINGLES, MinHashDedup
+
+    base = _load(ALPACA)
+    # near copies of 150 rows: one extra word at the end of a long enough output
+    copies = [{**r, "output": r["output"] + " indeed"} for r in base if len(r["output"].split()) > 40][:150]
+    src = tmp_path / "copies.json"
+    src.write_text(json.dumps(copies))
+    cfg = load_config({"run": {"name": "t", "out": str(tmp_path), "shard_rows": 400},
+                       "sources": [{"path": str(ALPACA)}, {"path": str(src)}], "stages": [{"stage": "minhash_dedup"}]})
+    asked, gathered = [], []
+    call, gather = runner.ChainColumnReader.__call__, runner.gather_chains
+    monkeypatch.setattr(runner.ChainColumnReader, "__call__",
+                        lambda self, name, rows: asked.append((name, len(rows))) or call(self, name, rows))
+    monkeypatch.setattr(runner, "gather_chains", lambda chains, cols: gathered.append(cols) or gather(chains, cols))
+    res = run(cfg, run_id="lazy")
+    out = pl.read_parquet(res.run_dir / "shards" / "*.parquet").sort(["source", "source_row"])
+    assert gathered and all(SHINGLES not in cols for cols in gathered)
+    n_asked = sum(n for name, n in asked if name == SHINGLES)
+    assert 0 < n_asked < out.height / 2  # candidates only, each read once, not the pool
+    whole = MinHashDedup()(out.select("id", "source", "source_row", "messages", "meta"))
+    cols = ["id", "keep", "drop_reason", "dup_of", "minhash_component", "minhash_jaccard"]
+    assert out.filter(~pl.col("keep")).height >= 140
+    assert out.select(cols).equals(whole.select(cols))

@@ -52,10 +52,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
@@ -136,6 +138,10 @@ class Stage:
     columns: ClassVar[dict[str, Any]] = {}
     scope: ClassVar[Literal["row", "global"]] = "row"
     global_inputs: ClassVar[tuple[str, ...]] = ()
+    #: global inputs the runner leaves out of the gathered frame (large values needed for few rows,
+    #: such as MinHash shingle lists): :meth:`score_global` reads the rows it needs with
+    #: :meth:`global_column`, which the runner serves from the shard files one shard at a time
+    global_lazy_inputs: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
     version: ClassVar[str] = "1"  # bump when the stage computes something different for the same params
     #: first field of this stage's drop reasons (``minhash`` in ``minhash:dup``); defaults to ``name``
@@ -151,6 +157,8 @@ class Stage:
             self.params = self.Params.model_validate({**(params or {}), **kwargs}, context=context)
         self.ctx = RunContext()
         self._ready = False
+        #: set by the runner around :meth:`score_global`: ``(column, rows) -> Series`` for lazy inputs
+        self.column_reader: Callable[[str, np.ndarray], pl.Series] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, ctx: RunContext | None = None) -> None:
@@ -201,6 +209,20 @@ class Stage:
 
     def global_frame_columns(self) -> list[str]:
         return [*KEY_COLUMNS, "keep", *self.global_inputs]
+
+    def global_column(self, df: pl.DataFrame, name: str, rows: np.ndarray) -> pl.Series:
+        """Global input ``name`` at ``rows`` (positions in ``df``, in that order): from ``df`` when it
+        holds the column (a call on an in-memory table), else through :attr:`column_reader`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if name in df.columns:
+            return df[name].gather(rows)
+        if self.column_reader is None:
+            raise KeyError(f"{self.name}: global input {name!r} is not in the frame and no column reader is set")
+        return self.column_reader(name, rows)
+
+    def release_global(self) -> None:
+        """Drop what :meth:`score_global` kept for a later :meth:`save_state` (the runner calls this
+        when the run keeps no state). Default: nothing kept."""
 
     def __call__(self, table: pl.DataFrame | pa.Table, ctx: RunContext | None = None) -> pl.DataFrame:
         """Run the whole stage on one in-memory table: setup, score, global score, decide."""

@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from pipeline.dedup import HASH_SEED, normalize_text, shingle_hashes
+from pipeline.dedup import HASH_SEED, normalize_text, shingle_hashes, shingles_from_words, word_hashes
 from pipeline.stages.base import LocalPath, Resources, Stage, StageParams, drop_where, to_polars
 from pipeline.text import text_expr
 
@@ -173,8 +173,9 @@ class Decontaminate(Stage):
             self._build_index()
         norm = df.select(view_text(p.view).alias("t"))["t"]  # shingle_hashes normalises
         hits = []
+        words = word_hashes(norm) if self._widths else None
         for w in self._widths:
-            flat, off = shingle_hashes(norm, int(w))
+            flat, off = shingles_from_words(*words, int(w))  # type: ignore[misc]
             idx, hashes = self._by_width[w]
             # only the shingles that occur in a benchmark item become rows of a frame (a shard has
             # millions of shingles, the benchmarks' index a few hundred thousand)

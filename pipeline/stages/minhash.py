@@ -154,6 +154,8 @@ class MinHashDedup(DedupStage):
     }
     resources = Resources(cpus=2.0, memory_gb=4.0)
     dedup_inputs = (BANDS, SHINGLES)
+    # only candidate pairs' shingle lists are read (a shard at a time), not the pool's
+    global_lazy_inputs = (SHINGLES,)
     state_params = ("key", "ngram", "num_perm", "threshold", "bands", "rows", "verify", "seed")
     state_tables = ("buckets", "pivots")
     minhash_probe = True
@@ -205,10 +207,24 @@ class MinHashDedup(DedupStage):
         bands = df[BANDS] if n == df.height else df[BANDS].gather(idx)
         keys = bands.explode().to_numpy().astype(np.uint64, copy=False).reshape(n, b) if n else np.zeros((0, b), np.uint64)
         del bands
-        all_shingles = df[SHINGLES] if p.verify else None
 
         def shingles(nodes: Any) -> pl.Series:
-            return all_shingles.gather(idx[np.asarray(nodes, dtype=np.int64)])  # type: ignore[union-attr]
+            return self.global_column(df, SHINGLES, idx[np.asarray(nodes, dtype=np.int64)])
+
+        def node_jaccard(u: np.ndarray, other: pl.Series | np.ndarray) -> np.ndarray:
+            """Jaccard of node ``u[i]``'s shingles with ``other[i]`` (a node or a list of hashes);
+            each node's list is read once, and pairs are compared in chunks (memory: the distinct
+            nodes' lists, not one copy per pair)."""
+            both = isinstance(other, np.ndarray)
+            nodes = np.unique(np.concatenate([u, other]) if both else u)
+            sh = shingles(nodes)
+            a = np.searchsorted(nodes, u)
+            b = np.searchsorted(nodes, other) if both else None
+            out = np.empty(len(u))
+            for s in range(0, len(u), 200_000):
+                right = sh.gather(b[s:s + 200_000]) if b is not None else other[s:s + 200_000]
+                out[s:s + 200_000] = jaccard_lists(sh.gather(a[s:s + 200_000]), right)
+            return out
 
         buckets = self._old_tables.get("buckets")
         pivots = self._old_tables.get("pivots")
@@ -241,7 +257,7 @@ class MinHashDedup(DedupStage):
             hit = pl.concat(hit_parts).unique()
             if p.verify and pivots is not None and hit.height:
                 hs = hit.join(pivots, on="pref", how="left", maintain_order="left")
-                jac = jaccard_lists(shingles(hs["node"].to_numpy()), hs["shingles"])
+                jac = node_jaccard(hs["node"].to_numpy().astype(np.int64), hs["shingles"])
                 ok = jac >= p.threshold
                 hit = hit.filter(pl.Series(ok))
                 old_sim = (hs["node"].to_numpy().astype(np.int64)[ok], jac[ok])
@@ -252,7 +268,7 @@ class MinHashDedup(DedupStage):
         sim_node = [old_sim[0]]
         sim_val = [old_sim[1]]
         if p.verify and len(eu):
-            j = jaccard_lists(shingles(eu), shingles(ev))
+            j = node_jaccard(eu, ev)
             ok = j >= p.threshold
             eu, ev, j = eu[ok], ev[ok], j[ok]
             sim_node += [eu, ev]
@@ -317,6 +333,9 @@ class MinHashDedup(DedupStage):
             "buckets": pl.concat([buckets, new_b]) if buckets is not None else new_b,
             "pivots": pl.concat([pivots, new_p]) if pivots is not None else new_p,
         }
+
+    def release_global(self) -> None:
+        self._pending = None
 
     def save_state(self, path: Any) -> None:
         if self._pending is not None:
