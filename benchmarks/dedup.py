@@ -44,6 +44,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -403,43 +404,79 @@ def synth_pool(real: Path, rows: int, work: Path, shard_rows: int = 50_000) -> P
     return out
 
 
-def child_ours(pool: Path, kind: str, threads: int = 1) -> dict:
+_STAGES: dict = {}
+
+
+def _stage(kind: str):  # noqa: ANN202 - one instance per process, set up once
+    if kind not in _STAGES:
+        from pipeline.stages.exact import ExactDedup
+        from pipeline.stages.minhash import MinHashDedup
+
+        st = MinHashDedup() if kind == "minhash" else ExactDedup(key="conversation")
+        st.setup()
+        _STAGES[kind] = st
+    return _STAGES[kind]
+
+
+def _score_shard(kind: str, path: str, i: int, lazy_dir: str):  # noqa: ANN202
+    """Score one shard as a per-shard task does: read it, ``score``, keep the global columns (the
+    lazy ones written to a file, as the runner's step file holds them)."""
+    import polars as pl
+
+    stage = _stage(kind)
+    cols, lazy = stage.global_frame_columns(), list(stage.global_lazy_inputs)
+    t = time.perf_counter()
+    df = pl.read_parquet(path)
+    io = time.perf_counter() - t
+    words = int(df.select(pl.col("messages").list.eval(pl.element().struct.field("content")
+                                                       .str.count_matches(r"\S+")).list.sum().sum()).item())
+    s = stage.score(df.with_columns(pl.lit(True).alias("keep"), pl.lit(None, pl.String).alias("drop_reason")))
+    if lazy:
+        t = time.perf_counter()
+        s.select(lazy).write_parquet(Path(lazy_dir) / f"part-{i:05d}.parquet")
+        io += time.perf_counter() - t
+    s = s.select([c for c in cols if c in s.columns and c not in lazy])
+    return s.with_columns(pl.lit(i, dtype=pl.Int32).alias("_shard"),
+                          pl.int_range(pl.len(), dtype=pl.Int64).alias("_pos")), words, io
+
+
+def child_ours(pool: Path, kind: str, threads: int = 1, procs: bool = False) -> dict:
     """One stage over the pool as the runner runs it: score per shard (``threads`` shards at a time,
-    as the flows' threads task runner does), gather the global columns, one global step."""
-    from concurrent.futures import ThreadPoolExecutor
+    on threads as the flows' threads task runner does, or on processes as its processes runner
+    does), gather the global columns, one global step."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     import polars as pl
 
-    from pipeline.stages.exact import ExactDedup
-    from pipeline.stages.minhash import MinHashDedup
-
-    stage = MinHashDedup() if kind == "minhash" else ExactDedup(key="conversation")
-    stage.setup()
-    cols = stage.global_frame_columns()
-
-    def one(p: Path) -> tuple[pl.DataFrame, int, float]:
-        t = time.perf_counter()
-        df = pl.read_parquet(p)
-        io = time.perf_counter() - t
-        words = int(df.select(pl.col("messages").list.eval(pl.element().struct.field("content")
-                                                           .str.count_matches(r"\S+")).list.sum().sum()).item())
-        s = stage.score(df.with_columns(pl.lit(True).alias("keep"), pl.lit(None, pl.String).alias("drop_reason")))
-        return s.select([c for c in cols if c in s.columns]), words, io
-
+    stage = _stage(kind)
+    lazy = list(stage.global_lazy_inputs)
+    lazy_dir = Path(tempfile.mkdtemp(prefix="lazy-", dir=pool.parent))
+    files = sorted(pool.glob("part-*.parquet"))
+    n = len(files)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads) as ex:
-        parts = list(ex.map(one, sorted(pool.glob("part-*.parquet"))))
+    ex = (ProcessPoolExecutor(max_workers=threads, mp_context=mp.get_context("spawn")) if procs
+          else ThreadPoolExecutor(max_workers=threads))
+    with ex:
+        parts = list(ex.map(_score_shard, [kind] * n, [str(f) for f in files], range(n), [str(lazy_dir)] * n))
     t_score = time.perf_counter() - t0
     g = pl.concat([p[0] for p in parts])
     words = sum(p[1] for p in parts)
     io = sum(p[2] for p in parts)
     del parts
     t1 = time.perf_counter()
+    if lazy:
+        from pipeline.runner import ChainColumnReader
+
+        stage.column_reader = ChainColumnReader([(str(lazy_dir / f"part-{i:05d}.parquet"),) for i in range(n)],
+                                                g["_shard"].to_numpy(), g["_pos"].to_numpy())
     out = stage.score_global(g)
     t_global = time.perf_counter() - t1
+    shutil.rmtree(lazy_dir, ignore_errors=True)
     dups = int(out["dup_kind"].is_not_null().sum())
     return {"rows": g.height, "words": words, "score_s": t_score, "global_s": t_global, "io_s": io,
-            "dups": dups, "summary": stage.summary(), "peak_rss_mb": peak_rss_mb(), "threads": threads}
+            "dups": dups, "summary": stage.summary(), "peak_rss_mb": peak_rss_mb(), "threads": threads,
+            "procs": procs}
 
 
 def child_peer(pool: Path, rows: int) -> dict:
@@ -512,12 +549,16 @@ def throughput(real: Path, sizes: list[int], peer_rows: int, work: Path, repeat:
             print(f"{'':>10}   signatures alone on the same {peer['shingles_per_row']:.0f} shingles/row: rensa "
                   f"{peer['sig_rensa_per_s']:,.0f}/s (with its list export), datasketch {peer['sig_datasketch_per_s']:,.0f}/s",
                   flush=True)
-        for kind, threads in (("exact", 1), ("minhash", 1), *((("minhash", workers),) if workers > 1 else ())):
-            reps = [_spawn("--child", kind, "--pool", str(pool), "--threads", str(threads))
+        cases = [("exact", 1, False), ("minhash", 1, False)]
+        if workers > 1:
+            cases += [("minhash", workers, False), ("minhash", workers, True)]
+        for kind, threads, procs in cases:
+            reps = [_spawn("--child", kind, "--pool", str(pool), "--threads", str(threads), *(["--procs"] if procs else []))
                     for _ in range(repeat if n <= 200_000 else 1)]
             r = min(reps, key=lambda x: x["score_s"] + x["global_s"])
             total = r["score_s"] + r["global_s"]
-            label = f"sft-curate {kind}, {threads} thread{'s' if threads > 1 else ''}"
+            label = (f"sft-curate {kind}, {threads} processes" if procs
+                     else f"sft-curate {kind}, {threads} thread{'s' if threads > 1 else ''}")
             print(f"{r['rows']:>10,} {label:<34} {total:>8.1f} {r['rows'] / total:>9,.0f} "
                   f"{r['words'] / total:>11,.0f} {r['dups']:>9,} {r['peak_rss_mb']:>12,.0f}", flush=True)
             if kind == "minhash":
@@ -542,11 +583,13 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--child")
     ap.add_argument("--pool")
-    ap.add_argument("--threads", type=int, default=1, help="also time MinHash scoring shards on this many threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="also time MinHash scoring shards on this many threads, and on as many processes")
+    ap.add_argument("--procs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         pool = Path(args.pool)
-        res = child_peer(pool, args.peer_rows) if args.child == "peer" else child_ours(pool, args.child, args.threads)
+        res = child_peer(pool, args.peer_rows) if args.child == "peer" else child_ours(pool, args.child, args.threads, args.procs)
         print(json.dumps(res, default=str))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

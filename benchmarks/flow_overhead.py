@@ -51,7 +51,7 @@ ENGINES = ["local", "dask-direct", "prefect-threads-1", "prefect-threads-2", "pr
            "prefect-threads-1 (cached)"]
 
 
-def config(tmp: Path, shards: int, engine: str) -> Path:
+def config(tmp: Path, shards: int, engine: str, data: Path = DATA, rows: int = ROWS) -> Path:
     import yaml
 
     runner, workers = "threads", 1
@@ -61,8 +61,8 @@ def config(tmp: Path, shards: int, engine: str) -> Path:
         runner, workers = "dask", 2
     work = "work-prefect-threads-1" if engine.endswith("(cached)") else f"work-{engine}"
     cfg = {
-        "run": {"name": "bench", "out": str(tmp / "runs"), "shard_rows": math.ceil(ROWS / shards)},
-        "sources": [{"path": str(DATA)}],
+        "run": {"name": "bench", "out": str(tmp / "runs"), "shard_rows": math.ceil(rows / shards)},
+        "sources": [{"path": str(data)}],
         "stages": [{"stage": "length", "min_response_tokens": 1}, {"stage": "heuristics"},
                    {"stage": "exact_dedup", "key": "conversation"}, {"stage": "minhash_dedup", "threshold": 0.8},
                    {"stage": "long_is_more", "budget": 5000}],
@@ -144,7 +144,7 @@ def measure(engine: str, cfg_path: str, api_url: str | None, q: mp.Queue) -> Non
         from flows.curate import shards_per_task
 
         cfg = load_config(cfg_path)
-        n = math.ceil(ROWS / cfg.run.shard_rows)
+        n = math.ceil(m["counts"]["read"] / cfg.run.shard_rows)
         n_global = sum(st["scope"] == "global" for st in m["stages"])
         per = math.ceil(n / shards_per_task(cfg.flow, n))
         tasks = len(cfg.sources) + (n_global + 1) * per + n_global + per  # ingest, shard, global, finalize
@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the fastest is reported (shared machines)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--scale", type=int, default=1,
+                    help="repeat the T0 rows this many times (verbatim: exact dedup drops the copies)")
     args = ap.parse_args()
     engines = args.engines.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="flow-bench-"))
@@ -177,6 +179,14 @@ def main() -> None:
         t0 = time.perf_counter()
         server, api = start_server()
         print(f"prefect API server up in {time.perf_counter() - t0:.1f}s at {api}")
+    data, rows = DATA, ROWS
+    if args.scale > 1:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(DATA)
+        data, rows = tmp / f"t0_x{args.scale}.parquet", t.num_rows * args.scale
+        pq.write_table(pa.concat_tables([t] * args.scale), data, compression="zstd", row_group_size=10_000)
     ctx = mp.get_context("spawn")
     results = []
     try:
@@ -187,7 +197,7 @@ def main() -> None:
                     if not engine.endswith("(cached)"):  # every repeat computes everything again
                         shutil.rmtree(tmp / f"work-{engine}", ignore_errors=True)
                     q = ctx.Queue()
-                    p = ctx.Process(target=measure, args=(engine, str(config(tmp, shards, engine)), api, q))
+                    p = ctx.Process(target=measure, args=(engine, str(config(tmp, shards, engine, data, rows)), api, q))
                     p.start()
                     res = q.get()
                     p.join()
@@ -201,7 +211,7 @@ def main() -> None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nflow overhead: {ROWS:,} real rows (T0 templated), length+heuristics+exact_dedup+minhash_dedup+long_is_more; "
+    print(f"\nflow overhead: {rows:,} real rows (T0 templated{f' x{args.scale}' if args.scale > 1 else ''}), length+heuristics+exact_dedup+minhash_dedup+long_is_more; "
           f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     head = (f"{'shards':>6} {'engine':<28} {'wall s':>7} {'compute s':>9} {'step io s':>9} {'ingest+fin s':>12} "
             f"{'orch s':>7} {'(wall-compute)/compute':>22} {'tasks':>6} {'ms/task':>8} {'rows/s':>8} {'RSS MB':>7} "

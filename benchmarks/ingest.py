@@ -4,7 +4,7 @@ Each case runs in a fresh subprocess so peak RSS (ru_maxrss) belongs to that cas
 Columns: rows, seconds, rows/s, peak RSS. The peer is Hugging Face ``datasets``: load the same file
 and map it to chat messages with a batched ``map`` (what a user would otherwise write).
 
-    .venv/bin/python benchmarks/ingest.py [--real ../shared/data/real] [--big-rows 1000000] [--skip-peer]
+    .venv/bin/python benchmarks/ingest.py [--real ../shared/data/real] [--big-rows 1000000] [--skip-peer] [--workers 2]
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,37 @@ def _case_ours(path: str, shard_rows: int, with_length: bool) -> dict:
     return {"rows": info["read"], "rejected": info["rejected"], "ingest_s": t_ingest, "length_s": t_len}
 
 
+def _case_ours_workers(paths: list[str], shard_rows: int, workers: int) -> dict:
+    """As the flow's threads task runner runs it: one ingest task per source file, ``workers`` at a
+    time, then one length task per shard (Polars releases the GIL, so threads use both cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import polars as pl
+
+    from pipeline.io.readers import SourceSpec
+    from pipeline.runner import ingest_source
+    from pipeline.stages.length_filter import Length
+
+    out = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    stage = Length()
+
+    def ingest_one(i: int) -> dict:
+        return ingest_source(SourceSpec(path=paths[i]), out / f"shards-{i}", out / f"rejects-{i}", shard_rows, 10_000)
+
+    def length_one(p: str) -> None:
+        stage(pl.read_parquet(p)).write_parquet(p)
+
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        t0 = time.perf_counter()
+        infos = list(ex.map(ingest_one, range(len(paths))))
+        t_ingest = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        list(ex.map(length_one, [p for info in infos for p in info["shards"]]))
+        t_len = time.perf_counter() - t1
+    return {"rows": sum(i["read"] for i in infos), "rejected": sum(i["rejected"] for i in infos),
+            "ingest_s": t_ingest, "length_s": t_len}
+
+
 def _case_peer(path: str) -> dict:
     import datasets
 
@@ -65,13 +95,24 @@ def _case_peer(path: str) -> dict:
 
 
 def _child(args: argparse.Namespace) -> None:
-    res = _case_peer(args.path) if args.peer else _case_ours(args.path, args.shard_rows, args.length)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.peer:
+        res = _case_peer(args.path)
+    elif args.workers > 1:
+        res = _case_ours_workers(args.path.split(","), args.shard_rows, args.workers)
+    else:
+        res = _case_ours(args.path, args.shard_rows, args.length)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dedup import peak_rss_mb  # VmHWM: ru_maxrss carries the driver's peak over fork+exec
+
+    res["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(res))
 
 
-def _run(path: Path, *, peer: bool = False, length: bool = True, shard_rows: int = 50_000) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--path", str(path), "--shard-rows", str(shard_rows)]
+def _run(path: Path | list[Path], *, peer: bool = False, length: bool = True, shard_rows: int = 50_000,
+         workers: int = 1) -> dict:
+    paths = ",".join(str(p) for p in path) if isinstance(path, list) else str(path)
+    cmd = [sys.executable, __file__, "--child", "--path", paths, "--shard-rows", str(shard_rows),
+           "--workers", str(workers)]
     if peer:
         cmd.append("--peer")
     if length:
@@ -95,6 +136,19 @@ def synthesize(real: Path, rows: int, dest: Path) -> Path:
     return dest
 
 
+def synthesize_files(big: Path, rows: int, dest: Path, per_file: int = 50_000) -> list[Path]:
+    """The big input cut into files of ``per_file`` rows (a pool usually arrives as many files)."""
+    import pyarrow.parquet as pq
+
+    dest.mkdir(parents=True, exist_ok=True)
+    src = pq.read_table(big.with_name(f"t0_{rows}.parquet"))
+    out = []
+    for i, start in enumerate(range(0, src.num_rows, per_file)):
+        out.append(dest / f"part-{i:03d}.parquet")
+        pq.write_table(src.slice(start, per_file), out[-1], compression="zstd", row_group_size=10_000)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--real", default=str(REPO.parent / "shared" / "data" / "real"))
@@ -105,6 +159,7 @@ def main() -> None:
     ap.add_argument("--peer", action="store_true")
     ap.add_argument("--length", action="store_true")
     ap.add_argument("--shard-rows", type=int, default=50_000)
+    ap.add_argument("--workers", type=int, default=2, help="also run the big input as 50k-row files on this many threads")
     args = ap.parse_args()
     if args.child:
         _child(args)
@@ -116,10 +171,16 @@ def main() -> None:
     for n in sorted({args.big_rows // 10, args.big_rows}):
         cases.append((f"t0 repeated, {n:,} rows", synthesize(real, n, tmp / f"t0_{n}.parquet")))
     print(f"{'input':<28} {'tool':<22} {'rows':>10} {'ingest s':>9} {'length s':>9} {'rows/s':>10} {'peak RSS MB':>12}")
+    if args.workers > 1:
+        files = synthesize_files(tmp / "t0_files.parquet", args.big_rows, tmp / "files")
+        cases.append((f"same, {len(files)} files", files))
     for label, path in cases:
-        runs = [("sft-curate ingest+length", _run(path))]
-        if not args.skip_peer:
-            runs.append(("datasets load+map", _run(path, peer=True, length=False)))
+        if isinstance(path, list):
+            runs = [(f"sft-curate, {args.workers} threads", _run(path, workers=args.workers))]
+        else:
+            runs = [("sft-curate ingest+length", _run(path))]
+            if not args.skip_peer:
+                runs.append(("datasets load+map", _run(path, peer=True, length=False)))
         for tool, r in runs:
             total = r["ingest_s"] + r["length_s"]
             print(f"{label:<28} {tool:<22} {r['rows']:>10,} {r['ingest_s']:>9.2f} {r['length_s']:>9.2f} "

@@ -9,7 +9,8 @@ turns each row's shingle set into ``num_perm`` minima. The signature is cut into
 Over the pool (:meth:`MinHashDedup.score_global`): rows sharing a bucket in any band are candidate
 pairs (band by band, Polars finds the keys seen more than once and links each bucket's members to
 its first member: a star rather than a clique), candidates are optionally checked against the exact Jaccard similarity
-of their shingle sets (``verify``, default on), connected components of the surviving edges are
+of their shingle sets (``verify``, default on; only candidate rows' shingle lists are read, each once,
+and through the runner from the shard files rather than gathered for the pool), connected components of the surviving edges are
 found with a vectorised union-find, and each component keeps one row (keeper policy:
 :class:`pipeline.dedup.KeeperParams`). The rest are dropped with ``minhash:dup``.
 
