@@ -52,7 +52,7 @@ import xxhash
 
 from pipeline.config import Config
 from pipeline.io.readers import SourceSpec, read_source
-from pipeline.io.shards import ROW_GROUP_ROWS, ShardWriter, list_shards, write_parquet_atomic
+from pipeline.io.shards import ShardWriter, list_shards, write_parquet_atomic, write_table
 from pipeline.schema import CANONICAL, DECISION, REJECTS, SELECTION, with_decision
 from pipeline.stages.base import RunContext, Stage
 
@@ -460,7 +460,7 @@ def write_cache_file(table: pa.Table | pl.DataFrame, path: Path) -> Path:
         table = table.to_arrow()
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        write_table(table, tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
