@@ -8,11 +8,12 @@ turns each row's shingle set into ``num_perm`` minima. The signature is cut into
 
 Over the pool (:meth:`MinHashDedup.score_global`): rows sharing a bucket in any band are candidate
 pairs (band by band, Polars finds the keys seen more than once and links each bucket's members to
-its first member: a star rather than a clique), candidates are optionally checked against the exact Jaccard similarity
-of their shingle sets (``verify``, default on; only candidate rows' shingle lists are read, each once,
-and through the runner from the shard files rather than gathered for the pool), connected components of the surviving edges are
-found with a vectorised union-find, and each component keeps one row (keeper policy:
-:class:`pipeline.dedup.KeeperParams`). The rest are dropped with ``minhash:dup``.
+its first member: a star rather than a clique), candidates are optionally checked against the
+exact Jaccard similarity of their shingle sets (``verify``, default on; only candidate rows' shingle
+lists are read, each once, through the runner from the shard files rather than gathered for the
+pool), connected components of the surviving edges are found with a vectorised union-find, and
+each component keeps one row (keeper policy: :class:`pipeline.dedup.KeeperParams`). The rest are
+dropped with ``minhash:dup``.
 
 ``bands``/``rows`` default to the pair that minimises the weighted false-positive and
 false-negative areas under the LSH S-curve ``1 - (1 - s^r)^b`` around ``threshold``
@@ -78,6 +79,7 @@ from pipeline.stages.base import Resources, to_polars
 
 BANDS = "_minhash_bands"
 SHINGLES = "_minhash_shingles"
+PAIR_CHUNK = 200_000  # candidate pairs whose shingle lists are compared at once
 
 
 class MinHashParams(KeeperParams):
@@ -222,9 +224,10 @@ class MinHashDedup(DedupStage):
             a = np.searchsorted(nodes, u)
             b = np.searchsorted(nodes, other) if both else None
             out = np.empty(len(u))
-            for s in range(0, len(u), 200_000):
-                right = sh.gather(b[s:s + 200_000]) if b is not None else other[s:s + 200_000]
-                out[s:s + 200_000] = jaccard_lists(sh.gather(a[s:s + 200_000]), right)
+            for lo in range(0, len(u), PAIR_CHUNK):
+                hi = lo + PAIR_CHUNK
+                right = sh.gather(b[lo:hi]) if b is not None else other[lo:hi]
+                out[lo:hi] = jaccard_lists(sh.gather(a[lo:hi]), right)
             return out
 
         buckets = self._old_tables.get("buckets")
