@@ -46,9 +46,14 @@ def _config(root: Path, real: Path, write_config, name: str = "faults", sources:
 
 
 def _progress_files(root: Path) -> int:
-    """Committed outputs so far: work-store files and final shards (temp files start with '.')."""
-    return sum(1 for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-               and (p.suffix == ".parquet" or p.name == "_meta.json"))
+    """Committed outputs so far: work-store files and final shards. Temp files and directories start
+    with '.' and are skipped; os.walk also skips a directory renamed away while it is listed (a
+    global step committing its temp directory)."""
+    n = 0
+    for _, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        n += sum(1 for f in files if not f.startswith(".") and (f.endswith(".parquet") or f == "_meta.json"))
+    return n
 
 
 def _flow_subprocess(cfg: Path, run_id: str, prefect_api: str) -> subprocess.Popen:
