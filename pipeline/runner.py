@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -832,10 +833,13 @@ class ChainColumnReader:
         sh, ps = self.shard[rows], self.pos[rows]
         order = np.lexsort((ps, sh))
         cuts = np.flatnonzero(np.diff(sh[order])) + 1
-        parts = []
-        for seg in np.split(order, cuts):
-            col = read_chain(self.chains[int(sh[seg[0]])], [name])[name]
-            parts.append(col.gather(ps[seg]))
+
+        def read(seg: np.ndarray) -> pl.Series:
+            return read_chain(self.chains[int(sh[seg[0]])], [name])[name].gather(ps[seg])
+
+        # two shards at a time: memory stays at two shards' column, and the reads overlap
+        with ThreadPoolExecutor(max_workers=2) as ex:
+            parts = list(ex.map(read, np.split(order, cuts)))
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         return pl.concat(parts).gather(inv)

@@ -50,6 +50,8 @@ once would have merged them).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -211,6 +213,8 @@ class MinHashDedup(DedupStage):
         keys = bands.explode().to_numpy().astype(np.uint64, copy=False).reshape(n, b) if n else np.zeros((0, b), np.uint64)
         del bands
 
+        workers = max(1, min(int(self.resources.cpus), os.cpu_count() or 1))
+
         def shingles(nodes: Any) -> pl.Series:
             return self.global_column(df, SHINGLES, idx[np.asarray(nodes, dtype=np.int64)])
 
@@ -224,10 +228,15 @@ class MinHashDedup(DedupStage):
             a = np.searchsorted(nodes, u)
             b = np.searchsorted(nodes, other) if both else None
             out = np.empty(len(u))
-            for lo in range(0, len(u), PAIR_CHUNK):
-                hi = lo + PAIR_CHUNK
+            step = max(1, min(PAIR_CHUNK, -(-len(u) // workers)))
+
+            def chunk(lo: int) -> None:
+                hi = lo + step
                 right = sh.gather(b[lo:hi]) if b is not None else other[lo:hi]
                 out[lo:hi] = jaccard_lists(sh.gather(a[lo:hi]), right)
+
+            with ThreadPoolExecutor(max_workers=workers) as ex:
+                list(ex.map(chunk, range(0, len(u), step)))
             return out
 
         buckets = self._old_tables.get("buckets")
@@ -235,26 +244,30 @@ class MinHashDedup(DedupStage):
         use_state = self._old is not None and buckets is not None and buckets.height > 0
         by_band = ({k[0]: v for k, v in buckets.partition_by("band", as_dict=True).items()}  # type: ignore[union-attr]
                    if use_state else {})
-        # band by band (a loop over bands, not rows): memory stays at one band's keys, and only keys
-        # seen twice (a tiny share) go through the group-by
+        # band by band (a loop over bands, not rows), a few bands at a time on threads (Polars
+        # releases the GIL): memory stays at a few bands' keys, and only keys seen twice (a tiny
+        # share) go through the group-by
         nodes = pl.Series("node", np.arange(n, dtype=np.uint32))
         in_state = np.zeros((n, b), dtype=bool) if use_state else None
-        edge_parts, hit_parts = [], []
-        for j in range(b):
+
+        def band(j: int) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
             fr = pl.DataFrame([nodes, pl.Series("key", keys[:, j])])
             bj = by_band.get(j)
+            hit = None
             if bj is not None:
-                hit = fr.join(bj.select("key", "pref", "kid"), on="key", how="inner")
-                hit_parts.append(hit.select("node", "pref", "kid"))
+                hit = fr.join(bj.select("key", "pref", "kid"), on="key", how="inner").select("node", "pref", "kid")
                 in_state[hit["node"].to_numpy(), j] = True  # type: ignore[index]
                 fr = fr.join(bj.select("key"), on="key", how="anti")
             dup = fr.filter(pl.col("key").is_duplicated())
-            if dup.height:
-                edge_parts.append(
-                    dup.with_columns(pl.col("node").min().over("key").alias("pivot"))
-                    .filter(pl.col("node") != pl.col("pivot"))
-                    .select("pivot", "node")
-                )
+            if not dup.height:
+                return None, hit
+            return (dup.with_columns(pl.col("node").min().over("key").alias("pivot"))
+                    .filter(pl.col("node") != pl.col("pivot")).select("pivot", "node")), hit
+
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            per_band = list(ex.map(band, range(b)))
+        edge_parts = [e for e, _ in per_band if e is not None]
+        hit_parts = [h for _, h in per_band if h is not None]
         old_edges = None
         old_sim = (np.zeros(0, np.int64), np.zeros(0))
         if hit_parts:
