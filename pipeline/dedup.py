@@ -97,11 +97,24 @@ def normalize_text(s: pl.Series) -> pl.Series:
     (:data:`pipeline._nfkc.NFKC_MAY_CHANGE`; the others are NFKC-invariant), and the
     punctuation/symbol and whitespace folds are one regex pass (a run of either becomes one space).
     """
+    return _nfkc(s).str.to_lowercase().str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars()
+
+
+def _nfkc(s: pl.Series) -> pl.Series:
+    """NFKC of every string (nulls as ""), run only on those holding a character it may change."""
     s = s.fill_null("")
     unstable = s.str.contains(NFKC_MAY_CHANGE).arg_true()
     if len(unstable):
         s = s.scatter(unstable, s.gather(unstable).str.normalize("NFKC"))
-    return s.str.to_lowercase().str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars()
+    return s
+
+
+def _starts(lens: np.ndarray) -> np.ndarray:
+    """Offsets of consecutive runs of ``lens`` items (``starts[i] = sum(lens[:i])``)."""
+    starts = np.zeros(len(lens), dtype=np.int64)
+    if len(lens):
+        np.cumsum(lens[:-1], out=starts[1:])
+    return starts
 
 
 def text_series(df: pl.DataFrame, key: str, normalize: bool = True) -> pl.Series:
@@ -110,7 +123,7 @@ def text_series(df: pl.DataFrame, key: str, normalize: bool = True) -> pl.Series
     return normalize_text(t) if normalize else t.fill_null("")
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: spreads the bits of a combined hash (wrapping uint64 arithmetic)."""
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
@@ -127,18 +140,11 @@ def word_lists(texts: pl.Series) -> tuple[pl.Series, np.ndarray]:
     full normalisation: only runs that are not a single space are rewritten (most separators are
     single spaces), then the text is split on spaces and empty pieces are dropped.
     """
-    s = texts.fill_null("")
-    unstable = s.str.contains(NFKC_MAY_CHANGE).arg_true()
-    if len(unstable):
-        s = s.scatter(unstable, s.gather(unstable).str.normalize("NFKC"))
-    pieces = s.str.to_lowercase().str.replace_all(r"[\p{P}\p{S}[\s&&[^ ]]]+", " ").str.split(" ")
+    pieces = _nfkc(texts).str.to_lowercase().str.replace_all(r"[\p{P}\p{S}[\s&&[^ ]]]+", " ").str.split(" ")
     per_row = pieces.list.len().to_numpy().astype(np.int64)  # >= 1: splitting "" gives [""]
     flat = pieces.explode()
     word = (flat.str.len_bytes() > 0).to_numpy()
-    starts = np.zeros(len(per_row), dtype=np.int64)
-    if len(per_row):
-        np.cumsum(per_row[:-1], out=starts[1:])
-    counts = np.add.reduceat(word.astype(np.int64), starts) if len(per_row) else np.zeros(0, np.int64)
+    counts = np.add.reduceat(word.astype(np.int64), _starts(per_row)) if len(per_row) else np.zeros(0, np.int64)
     return flat.filter(pl.Series(word)), counts
 
 
@@ -151,8 +157,7 @@ def ngram_hashes(wh: np.ndarray, lens: np.ndarray, n: int, starts: np.ndarray | 
     if m < n:
         return np.zeros(0, dtype=np.uint64)
     if starts is None:
-        starts = np.zeros(len(lens), dtype=np.int64)
-        np.cumsum(lens[:-1], out=starts[1:])
+        starts = _starts(lens)
     with np.errstate(over="ignore"):
         h = np.full(m - n + 1, _FNV_OFFSET, dtype=np.uint64)
         for k in range(n):
@@ -190,9 +195,7 @@ def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np
 def shingles_from_words(wh: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The shingle hashes of :func:`shingle_hashes` from word hashes (:func:`word_hashes`)."""
     rows, m = len(lens), len(wh)
-    starts = np.zeros(rows, dtype=np.int64)
-    if rows:
-        np.cumsum(lens[:-1], out=starts[1:])
+    starts = _starts(lens)
     cnt = np.where(lens >= n, lens - n + 1, (lens > 0).astype(np.int64))
     off = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(cnt, out=off[1:])
@@ -206,12 +209,9 @@ def shingles_from_words(wh: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.nd
     with np.errstate(over="ignore"):
         short = np.flatnonzero((lens > 0) & ~full_rows)
         if m >= n and full_rows.any():
-            if len(short):
-                slot = np.ones(total, dtype=bool)
-                slot[off[short]] = False
-                out[slot] = ngram_hashes(wh, lens, n, starts)
-            else:
-                out[:] = ngram_hashes(wh, lens, n, starts)
+            slot = np.ones(total, dtype=bool)  # every slot but the short rows' single one
+            slot[off[short]] = False
+            out[slot] = ngram_hashes(wh, lens, n, starts)
         if len(short):
             sl, ss = lens[short], starts[short]
             acc = np.full(len(short), seed_h, dtype=np.uint64)
@@ -219,7 +219,7 @@ def shingles_from_words(wh: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.nd
                 sel = sl > k
                 acc[sel] = (acc[sel] ^ wh[ss[sel] + k]) * _PRIME
             out[off[short]] = acc
-        return _mix64(out), off
+        return mix64(out), off
 
 
 def minhash_signatures(flat: np.ndarray, off: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
@@ -244,10 +244,10 @@ def band_keys(sig: np.ndarray, bands: int, rows: int, seed: int = HASH_SEED) -> 
     n = sig.shape[0]
     s = sig[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
     with np.errstate(over="ignore"):
-        h = _mix64(np.arange(bands, dtype=np.uint64) + np.uint64(seed))[None, :].repeat(n, axis=0)
+        h = mix64(np.arange(bands, dtype=np.uint64) + np.uint64(seed))[None, :].repeat(n, axis=0)
         for j in range(rows):
             h = (h ^ s[:, :, j]) * _PRIME
-        return _mix64(h)
+        return mix64(h)
 
 
 # ---------------------------------------------------------------- keeper policy
@@ -688,6 +688,8 @@ __all__ = [
     "text_series",
     "keeper_rank",
     "minhash_signatures",
+    "mix64",
+    "ngram_hashes",
     "resolve_duplicates",
     "shingle_hashes",
     "shingles_from_words",

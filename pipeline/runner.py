@@ -887,37 +887,36 @@ def run_global(plan: Plan, index: int, chains: list[ShardChain]) -> GlobalResult
         meta = json.loads((entry / "_meta.json").read_text())
         return GlobalResult(ref, StepStat(index, "global", True, 0.0), meta.get("summary"), meta.get("models"))
     stage: Stage | None = None
-    try:
-        stage, setup_s = stage_instance(plan, index)
+    try:  # whatever happens, the stage does not keep the run's column reader
+        try:
+            stage, setup_s = stage_instance(plan, index)
+            t0 = time.perf_counter()
+            files = [c.files for c in chains]
+            g = gather_chains(files, [c for c in stage.global_frame_columns() if c not in stage.global_lazy_inputs])
+            io = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            before = g.columns
+            if stage.global_lazy_inputs and g.height:
+                stage.column_reader = ChainColumnReader(files, g["_shard"].to_numpy(), g["_pos"].to_numpy())
+            g2 = stage.score_global(g)
+            dt = time.perf_counter() - t0
+            if g2.height != g.height:
+                raise RuntimeError(f"score_global returned {g2.height} rows for {g.height}")
+            new = global_new_columns(stage, before, g2)
+            slices = split_global(g2, new, len(chains)) if chains else []
+        except Exception as e:
+            raise StepError(f"stage {spec.label} (global) failed: {type(e).__name__}: {e}", index) from e
         t0 = time.perf_counter()
-        files = [c.files for c in chains]
-        g = gather_chains(files, [c for c in stage.global_frame_columns() if c not in stage.global_lazy_inputs])
-        io = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        before = g.columns
-        if stage.global_lazy_inputs and g.height:
-            stage.column_reader = ChainColumnReader(files, g["_shard"].to_numpy(), g["_pos"].to_numpy())
-        g2 = stage.score_global(g)
-        dt = time.perf_counter() - t0
-        if g2.height != g.height:
-            raise RuntimeError(f"score_global returned {g2.height} rows for {g.height}")
-        new = global_new_columns(stage, before, g2)
-        slices = split_global(g2, new, len(chains)) if chains else []
-    except Exception as e:
-        if stage is not None:
-            stage.column_reader = None
-        raise StepError(f"stage {spec.label} (global) failed: {type(e).__name__}: {e}", index) from e
-    t0 = time.perf_counter()
-    tmp = WorkStore.tmp_for(entry)
-    for i, s in enumerate(slices):
-        write_cache_file(s, tmp / _slice_name(i))
-    try:
+        tmp = WorkStore.tmp_for(entry)
+        for i, s in enumerate(slices):
+            write_cache_file(s, tmp / _slice_name(i))
         if _saves_state(plan, index):
             stage.save_state(tmp / "state")
         else:
             stage.release_global()
     finally:
-        stage.column_reader = None
+        if stage is not None:
+            stage.column_reader = None
     summary = _safe(stage, "summary")
     models = _safe(stage, "models")
     WorkStore.commit(tmp, entry, {

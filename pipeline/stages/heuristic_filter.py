@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.dedup import _mix64, ngram_hashes
+from pipeline.dedup import mix64, ngram_hashes
 from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
 from pipeline.text import normalize_expr, text_expr
 
@@ -51,7 +51,7 @@ def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
     cnt = np.maximum(lens - n + 1, 0)
     if rows == 0 or not cnt.any():
         return pl.Series("ratio", np.zeros(rows))
-    h = _mix64(ngram_hashes(flat.hash(42).to_numpy().astype(np.uint64, copy=False), lens, n))
+    h = mix64(ngram_hashes(flat.hash(42).to_numpy().astype(np.uint64, copy=False), lens, n))
     row_of = np.repeat(np.arange(rows, dtype=np.uint64), cnt)
     row_bits = max(1, int(rows).bit_length())
     key = (row_of << np.uint64(64 - row_bits)) | (h >> np.uint64(row_bits))

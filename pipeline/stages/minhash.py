@@ -203,6 +203,7 @@ class MinHashDedup(DedupStage):
         p = self.params
         b, _ = p.lsh()
         idx = participants(df)
+        n_participants = len(idx)
         idx = idx[df[BANDS].gather(idx).is_not_null().to_numpy()] if len(idx) else idx
         n = len(idx)
         # only the small columns are gathered; band keys and shingle lists are read in place
@@ -310,7 +311,7 @@ class MinHashDedup(DedupStage):
         self._pending = (keys, in_state, kid, shingles if p.verify else None, buckets, pivots)
         self._state_new = None
         self._summary.update({"bands": b, "rows": p.lsh()[1], "candidate_edges": int(e.height),
-                              "verified_edges": int(len(eu)), "no_shingles": int(len(participants(df)) - n)})
+                              "verified_edges": int(len(eu)), "no_shingles": n_participants - n})
         return out
 
     def _keeper_ids(self, sub: pl.DataFrame, res: Any) -> pl.Series:
