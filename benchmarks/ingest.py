@@ -21,31 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _case_ours(path: str, shard_rows: int, with_length: bool) -> dict:
-    import polars as pl
-
-    from pipeline.io.readers import SourceSpec
-    from pipeline.runner import ingest_source
-    from pipeline.stages.length_filter import Length
-
-    out = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    t0 = time.perf_counter()
-    info = ingest_source(SourceSpec(path=path), out / "shards", out / "rejects", shard_rows, 10_000)
-    t_ingest = time.perf_counter() - t0
-    t_len = 0.0
-    if with_length:
-        stage = Length()
-        t1 = time.perf_counter()
-        for p in info["shards"]:
-            df = stage(pl.read_parquet(p))
-            df.write_parquet(p)  # the runner writes every shard back once per pass
-        t_len = time.perf_counter() - t1
-    return {"rows": info["read"], "rejected": info["rejected"], "ingest_s": t_ingest, "length_s": t_len}
-
-
-def _case_ours_workers(paths: list[str], shard_rows: int, workers: int) -> dict:
-    """As the flow's threads task runner runs it: one ingest task per source file, ``workers`` at a
-    time, then one length task per shard (Polars releases the GIL, so threads use both cores)."""
+def _case_ours(paths: list[str], shard_rows: int, with_length: bool, workers: int = 1) -> dict:
+    """Ingest every file, then the length stage on every shard (read, score + decide, write back: what
+    one runner pass does), ``workers`` at a time on threads as the flow's threads task runner runs
+    them (one task per source, then one per shard; Polars releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import polars as pl
@@ -63,13 +42,15 @@ def _case_ours_workers(paths: list[str], shard_rows: int, workers: int) -> dict:
     def length_one(p: str) -> None:
         stage(pl.read_parquet(p)).write_parquet(p)
 
+    t_len = 0.0
     with ThreadPoolExecutor(max_workers=workers) as ex:
         t0 = time.perf_counter()
         infos = list(ex.map(ingest_one, range(len(paths))))
         t_ingest = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        list(ex.map(length_one, [p for info in infos for p in info["shards"]]))
-        t_len = time.perf_counter() - t1
+        if with_length:
+            t1 = time.perf_counter()
+            list(ex.map(length_one, [p for info in infos for p in info["shards"]]))
+            t_len = time.perf_counter() - t1
     return {"rows": sum(i["read"] for i in infos), "rejected": sum(i["rejected"] for i in infos),
             "ingest_s": t_ingest, "length_s": t_len}
 
@@ -97,10 +78,8 @@ def _case_peer(path: str) -> dict:
 def _child(args: argparse.Namespace) -> None:
     if args.peer:
         res = _case_peer(args.path)
-    elif args.workers > 1:
-        res = _case_ours_workers(args.path.split(","), args.shard_rows, args.workers)
     else:
-        res = _case_ours(args.path, args.shard_rows, args.length)
+        res = _case_ours(args.path.split(","), args.shard_rows, args.length, args.workers)
     sys.path.insert(0, str(Path(__file__).parent))
     from dedup import peak_rss_mb  # VmHWM: ru_maxrss carries the driver's peak over fork+exec
 
@@ -136,12 +115,12 @@ def synthesize(real: Path, rows: int, dest: Path) -> Path:
     return dest
 
 
-def synthesize_files(big: Path, rows: int, dest: Path, per_file: int = 50_000) -> list[Path]:
-    """The big input cut into files of ``per_file`` rows (a pool usually arrives as many files)."""
+def synthesize_files(big: Path, dest: Path, per_file: int = 50_000) -> list[Path]:
+    """The file ``big`` cut into files of ``per_file`` rows (a pool usually arrives as many files)."""
     import pyarrow.parquet as pq
 
     dest.mkdir(parents=True, exist_ok=True)
-    src = pq.read_table(big.with_name(f"t0_{rows}.parquet"))
+    src = pq.read_table(big)
     out = []
     for i, start in enumerate(range(0, src.num_rows, per_file)):
         out.append(dest / f"part-{i:03d}.parquet")
@@ -172,7 +151,7 @@ def main() -> None:
         cases.append((f"t0 repeated, {n:,} rows", synthesize(real, n, tmp / f"t0_{n}.parquet")))
     print(f"{'input':<28} {'tool':<22} {'rows':>10} {'ingest s':>9} {'length s':>9} {'rows/s':>10} {'peak RSS MB':>12}")
     if args.workers > 1:
-        files = synthesize_files(tmp / "t0_files.parquet", args.big_rows, tmp / "files")
+        files = synthesize_files(tmp / f"t0_{args.big_rows}.parquet", tmp / "files")
         cases.append((f"same, {len(files)} files", files))
     for label, path in cases:
         if isinstance(path, list):
