@@ -28,14 +28,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from pydantic import Field
 
 from pipeline._nfkc import NFKC_MAY_CHANGE
+from pipeline._wordsep import separator_bits
 from pipeline.io.shards import write_parquet_atomic
 from pipeline.stages.base import RunContext, Stage, StageParams, drop_where
 from pipeline.text import text_expr
@@ -55,8 +58,7 @@ SCRATCH_RESPONSE_CHARS = "_dedup_response_chars"
 
 #: Fixed seeds: hashes must be identical across processes and runs (incremental state).
 HASH_SEED = 0x5F7C_2A11
-_PRIME = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime: the n-gram combine step
-_FNV_OFFSET = 0xCBF29CE484222325  # FNV-1a 64-bit offset basis: the combine's start value
+_PRIME = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime: the band-key combine step
 
 
 class KeeperParams(StageParams):
@@ -73,11 +75,11 @@ class KeeperParams(StageParams):
 
 
 def hash_probe(minhash: bool = False) -> str:
-    """A fingerprint of the hash functions a dedup state depends on (with ``minhash``: rensa's too).
+    """A fingerprint of the hash functions a dedup state depends on (with ``minhash``: its signatures too).
 
-    Polars documents its ``hash`` as stable only within one version, and rensa changes signatures
-    between algorithm versions; state written under other functions would silently match nothing,
-    so state files record this probe and loading compares it.
+    Polars documents its ``hash`` as stable only within one version, and this package's word and
+    MinHash hashes may change between its releases; state written under other functions would
+    silently match nothing, so state files record this probe and loading compares it.
     """
     import hashlib
 
@@ -103,9 +105,12 @@ def normalize_text(s: pl.Series) -> pl.Series:
 def _nfkc(s: pl.Series) -> pl.Series:
     """NFKC of every string (nulls as ""), run only on those holding a character it may change."""
     s = s.fill_null("")
-    unstable = s.str.contains(NFKC_MAY_CHANGE).arg_true()
-    if len(unstable):
-        s = s.scatter(unstable, s.gather(unstable).str.normalize("NFKC"))
+    # ASCII strings are NFKC-stable; the byte/char length test is far cheaper than the class regex
+    wide = (s.str.len_bytes() != s.str.len_chars()).arg_true()
+    if len(wide):
+        unstable = wide.gather(s.gather(wide).str.contains(NFKC_MAY_CHANGE).arg_true())
+        if len(unstable):
+            s = s.scatter(unstable, s.gather(unstable).str.normalize("NFKC"))
     return s
 
 
@@ -132,111 +137,80 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def word_lists(texts: pl.Series) -> tuple[pl.Series, np.ndarray]:
-    """The normalised words of each text: ``(flat words, words per row)``.
+def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the words of each text: ``(uint64 hashes in text order, words per row)``.
 
-    The words are those of :func:`normalize_text` split on spaces (maximal runs of characters that
-    are not punctuation, symbols or whitespace, after NFKC and lower-casing), computed without the
-    full normalisation: only runs that are not a single space are rewritten (most separators are
-    single spaces), then the text is split on spaces and empty pieces are dropped.
+    The words are those of :func:`normalize_text` split on spaces: after NFKC and lower-casing (in
+    Polars), maximal runs of characters that are not punctuation, symbols or white space
+    (:data:`pipeline._wordsep.SEPARATOR_RANGES`, the classes of Polars' regex). Each word is
+    hashed as FNV-1a of its UTF-8 bytes (from a start value drawn from ``seed``) finished with
+    splitmix64, by a compiled loop over the Arrow string buffer (:mod:`pipeline._kernels`).
+    Compute them once and pass them to :func:`shingles_from_words` for several shingle widths.
     """
-    pieces = _nfkc(texts).str.to_lowercase().str.replace_all(r"[\p{P}\p{S}[\s&&[^ ]]]+", " ").str.split(" ")
-    per_row = pieces.list.len().to_numpy().astype(np.int64)  # >= 1: splitting "" gives [""]
-    flat = pieces.explode()
-    word = (flat.str.len_bytes() > 0).to_numpy()
-    counts = np.add.reduceat(word.astype(np.int64), _starts(per_row)) if len(per_row) else np.zeros(0, np.int64)
-    return flat.filter(pl.Series(word)), counts
+    from pipeline._kernels import FNV_OFFSET, utf8_word_hashes
+
+    arr = _nfkc(texts).str.to_lowercase().to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.large_string())
+    _, offsets, data = arr.buffers()
+    off = np.frombuffer(offsets, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    buf = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    start = FNV_OFFSET ^ mix64(np.array([seed], dtype=np.uint64))[0]
+    return utf8_word_hashes(buf, off, _separator_bits(), start)
 
 
-def ngram_hashes(wh: np.ndarray, lens: np.ndarray, n: int, starts: np.ndarray | None = None) -> np.ndarray:
-    """Unmixed hashes of every word n-gram inside a row, in row order (rows with fewer than ``n``
-    words contribute none): an FNV-style combine of ``n`` consecutive word hashes ``wh``, computed
-    for all positions at once from shifted views, then the n-grams that cross a row end dropped.
-    ``lens`` are words per row (``wh`` is their concatenation); ``starts`` their offsets if known."""
-    m = len(wh)
-    if m < n:
-        return np.zeros(0, dtype=np.uint64)
-    if starts is None:
-        starts = _starts(lens)
-    with np.errstate(over="ignore"):
-        h = np.full(m - n + 1, _FNV_OFFSET, dtype=np.uint64)
-        for k in range(n):
-            np.bitwise_xor(h, wh[k : m - n + 1 + k], out=h)
-            np.multiply(h, _PRIME, out=h)
-    # the n - 1 last positions of each row start an n-gram that runs into the next row
-    ok = np.ones(m - n + 1, dtype=bool)
-    bad = (starts + lens)[:, None] - np.arange(1, n, dtype=np.int64)[None, :]
-    bad = bad[(bad >= starts[:, None]) & (bad < m - n + 1)]
-    ok[bad] = False
-    return h[ok]
+@lru_cache(maxsize=1)
+def _separator_bits() -> np.ndarray:
+    return separator_bits()
 
 
 def shingle_hashes(texts: pl.Series, n: int = 5, seed: int = HASH_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Word n-gram shingles of texts, hashed: ``(flat uint64 hashes, row offsets)``.
 
     Texts are normalised as by :func:`normalize_text` (raw or already normalised text give the same
-    shingles) and split into words (:func:`word_lists`). Words are hashed by Polars, then each n-gram hash is an FNV-style combine of its word hashes
-    finished with splitmix64, computed for all n-grams of all rows at once in NumPy. A text with
-    fewer than ``n`` (but at least one) words is one shingle of all its words, so short texts can
-    still match; an empty text has no shingles (offsets of row ``i``: ``off[i]:off[i+1]``).
+    shingles) and split into words (:func:`word_hashes`); each n-gram hash is an FNV-style combine
+    of its word hashes finished with splitmix64 (:func:`shingles_from_words`). A text with fewer
+    than ``n`` (but at least one) words is one shingle of all its words, so short texts can still
+    match; an empty text has no shingles (offsets of row ``i``: ``off[i]:off[i+1]``).
     """
     return shingles_from_words(*word_hashes(texts, seed), n)
 
 
-def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Polars hashes of the words of :func:`word_lists`: ``(uint64 hashes, words per row)``.
-
-    Compute them once and pass them to :func:`shingles_from_words` for several shingle widths."""
-    flat, lens = word_lists(texts)
-    wh = flat.hash(seed=seed).to_numpy().astype(np.uint64, copy=False) if len(flat) else np.zeros(0, np.uint64)
-    return wh, lens
-
-
 def shingles_from_words(wh: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The shingle hashes of :func:`shingle_hashes` from word hashes (:func:`word_hashes`)."""
-    rows, m = len(lens), len(wh)
-    starts = _starts(lens)
-    cnt = np.where(lens >= n, lens - n + 1, (lens > 0).astype(np.int64))
-    off = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(cnt, out=off[1:])
-    total = int(off[-1])
-    out = np.empty(total, dtype=np.uint64)
-    if total == 0:
-        return out, off
-    # the start value does not depend on n: a whole short text hashes like the same words as an n-gram
-    seed_h = np.uint64(_FNV_OFFSET)
-    full_rows = lens >= n
-    with np.errstate(over="ignore"):
-        short = np.flatnonzero((lens > 0) & ~full_rows)
-        if m >= n and full_rows.any():
-            slot = np.ones(total, dtype=bool)  # every slot but the short rows' single one
-            slot[off[short]] = False
-            out[slot] = ngram_hashes(wh, lens, n, starts)
-        if len(short):
-            sl, ss = lens[short], starts[short]
-            acc = np.full(len(short), seed_h, dtype=np.uint64)
-            for k in range(n - 1):
-                sel = sl > k
-                acc[sel] = (acc[sel] ^ wh[ss[sel] + k]) * _PRIME
-            out[off[short]] = acc
-        return mix64(out), off
+    from pipeline._kernels import ngram_shingles
+
+    return ngram_shingles(np.ascontiguousarray(wh, dtype=np.uint64), np.ascontiguousarray(lens, dtype=np.int64), int(n))
 
 
 def minhash_signatures(flat: np.ndarray, off: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
-    """R-MinHash signatures (rensa) of each row's shingle set: ``uint32 (rows, num_perm)``.
+    """MinHash signatures (Broder 1997) of each row's shingle set: ``uint32 (rows, num_perm)``.
 
+    Slot ``j`` is the minimum over the row's shingle hashes ``x`` of the multiply-add-shift hash
+    ``((a_j x + b_j) mod 2^64) >> 32`` (Dietzfelbinger et al. 1997; ``a_j`` odd), the same family
+    rensa's R-MinHash and datasketch's ``(a x + b) mod p`` stand for: one independent hash function
+    per slot, so each slot of two signatures agrees with probability ~ their Jaccard similarity.
+    ``a_j, b_j`` come from splitmix64 of ``seed`` and ``j``, so signatures depend on nothing but
+    the inputs. Computed by a compiled loop (:func:`pipeline._kernels.minhash_matrix`).
     Rows without shingles get the all-ones signature; callers exclude them.
     """
-    import itertools
+    from pipeline._kernels import minhash_matrix
 
-    from rensa import RMinHash
-
-    rows = len(off) - 1
-    if rows == 0:
+    if len(off) <= 1:
         return np.zeros((0, num_perm), np.uint32)
-    m = RMinHash.digest_matrix_from_flat_token_hashes(flat, off.astype(np.uint64), num_perm, seed)
-    out = np.fromiter(itertools.chain.from_iterable(m.to_rows()), dtype=np.uint32, count=rows * num_perm)
-    return out.reshape(rows, num_perm)
+    a, b = minhash_params(num_perm, seed)
+    return minhash_matrix(np.ascontiguousarray(flat, dtype=np.uint64), np.ascontiguousarray(off, dtype=np.int64), a, b)
+
+
+def minhash_params(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(a, b)`` of :func:`minhash_signatures`' hash functions (``a`` odd), from splitmix64."""
+    with np.errstate(over="ignore"):
+        k = mix64(np.array([seed], dtype=np.uint64)) * np.uint64(2 * num_perm + 1) + np.arange(2 * num_perm, dtype=np.uint64)
+    v = mix64(mix64(k)).reshape(num_perm, 2)
+    # contiguous: a strided view would make the kernel compile for any layout, unvectorised
+    return np.ascontiguousarray(v[:, 0] | np.uint64(1)), np.ascontiguousarray(v[:, 1])
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int, seed: int = HASH_SEED) -> np.ndarray:
@@ -565,7 +539,7 @@ def load_state_files(
     if meta.hash_probe != probe:
         raise StateMismatch(
             f"{path}: state was written under other hash functions (probe {meta.hash_probe}, now {probe}: "
-            "a polars or rensa upgrade); rebuild it by rerunning the kept rows with save_state"
+            "a polars or sft-curate upgrade); rebuild it by rerunning the kept rows with save_state"
         )
     tables = {n: pl.read_parquet(path / f"{n}.parquet") for n in names if (path / f"{n}.parquet").exists()}
     return meta, tables
@@ -689,7 +663,6 @@ __all__ = [
     "keeper_rank",
     "minhash_signatures",
     "mix64",
-    "ngram_hashes",
     "resolve_duplicates",
     "shingle_hashes",
     "shingles_from_words",

@@ -85,7 +85,7 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for pkg in ("sft-curate", "polars", "pyarrow", "pydantic", "rensa", "faiss-cpu", "torch", "transformers",
+    for pkg in ("sft-curate", "polars", "pyarrow", "pydantic", "numba", "faiss-cpu", "torch", "transformers",
                 "sentence-transformers", "prefect"):
         try:
             out[pkg] = metadata.version(pkg)

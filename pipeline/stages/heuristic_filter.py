@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.dedup import mix64, ngram_hashes
+from pipeline.dedup import shingles_from_words
 from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
 from pipeline.text import normalize_expr, text_expr
 
@@ -41,7 +41,7 @@ def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
     """``1 - distinct/total`` word n-grams for each list of words (0 where there are fewer than n).
 
     Vectorised over the whole shard: words are hashed once (the strings are dropped), n-gram
-    hashes come from :func:`pipeline.dedup.ngram_hashes`, and distinct n-grams per row are counted by sorting
+    hashes come from :func:`pipeline.dedup.shingles_from_words`, and distinct n-grams per row are counted by sorting
     one ``(row, hash)`` key per n-gram. Hashes keep at least 40 bits after the row bits, so a
     collision inside one response is vanishingly rare.
     """
@@ -51,7 +51,8 @@ def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
     cnt = np.maximum(lens - n + 1, 0)
     if rows == 0 or not cnt.any():
         return pl.Series("ratio", np.zeros(rows))
-    h = mix64(ngram_hashes(flat.hash(42).to_numpy().astype(np.uint64, copy=False), lens, n))
+    h, off = shingles_from_words(flat.hash(42).to_numpy().astype(np.uint64, copy=False), lens, n)
+    h = h[np.repeat(lens >= n, np.diff(off))]  # a row shorter than n gave one whole-row shingle: not an n-gram
     row_of = np.repeat(np.arange(rows, dtype=np.uint64), cnt)
     row_bits = max(1, int(rows).bit_length())
     key = (row_of << np.uint64(64 - row_bits)) | (h >> np.uint64(row_bits))

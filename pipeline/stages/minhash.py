@@ -2,9 +2,11 @@
 
 Per shard (:meth:`MinHashDedup.score`): the key text is normalised (NFKC, case fold, punctuation
 and whitespace folded), split into words, and every word ``ngram``-gram (default 5) is a shingle;
-shingles are hashed in Polars/NumPy (:func:`pipeline.dedup.shingle_hashes`) and rensa's R-MinHash
-turns each row's shingle set into ``num_perm`` minima. The signature is cut into ``bands`` bands of
-``rows`` values and each band is hashed to one 64-bit bucket key.
+words and shingles are hashed by compiled loops over the Arrow text buffer
+(:func:`pipeline.dedup.shingle_hashes`), and each row's signature is, for each of ``num_perm``
+hash functions, the minimum over its shingles (:func:`pipeline.dedup.minhash_signatures`, also
+compiled). The signature is cut into ``bands`` bands of ``rows`` values and each band is hashed to
+one 64-bit bucket key.
 
 Over the pool (:meth:`MinHashDedup.score_global`): rows sharing a bucket in any band are candidate
 pairs (band by band, Polars finds the keys seen more than once and links each bucket's members to
@@ -35,11 +37,13 @@ the 14 category names); a template with short wording keeps its rows apart
 ``threshold`` or dedup on a key without the template when that is not wanted.
 
 Departures from the textbook method, all documented choices: shingles of a text shorter than
-``ngram`` words are the whole text (one shingle), and empty texts take no part; R-MinHash (rensa's
-Fast-Similarity-Sketching variant) is used instead of ``num_perm`` independent permutations: each
-slot still collides with probability ~ Jaccard; with ``verify``, a bucket's members are checked
-against the bucket's first member only (star), so two members that both fail against it but match
-each other are linked only if another band joins them.
+``ngram`` words are the whole text (one shingle), and empty texts take no part; the ``num_perm``
+random permutations are multiply-add-shift hash functions ``((a x + b) mod 2^64) >> 32`` of the
+64-bit shingle hashes (datasketch uses ``(a x + b) mod (2^61 - 1)``, rensa the same shift form):
+min-wise independent only approximately, so ``tests/test_kernels.py`` checks that slot agreement
+estimates Jaccard without bias and with the binomial spread; with ``verify``, a bucket's members
+are checked against the bucket's first member only (star), so two members that both fail against
+it but match each other are linked only if another band joins them.
 
 Incremental mode: the state holds each bucket key seen (with the first row that had it and that
 row's keeper), plus that row's shingle hashes when ``verify`` is on; new rows landing in a saved
@@ -129,17 +133,26 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
     return best[1], best[2]
 
 
+def flat_lists(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The hash lists of ``s`` as ``(flat uint32 values, row offsets)`` (a null list is empty)."""
+    s = s.cast(pl.List(pl.UInt32))
+    if s.null_count():
+        s = s.fill_null(pl.Series([[]], dtype=pl.List(pl.UInt32)))
+    arr = s.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    off = arr.offsets.to_numpy().astype(np.int64)
+    return arr.values.to_numpy(zero_copy_only=False).astype(np.uint32, copy=False), off
+
+
 def jaccard_lists(a: pl.Series, b: pl.Series) -> np.ndarray:
     """Exact Jaccard similarity of two aligned columns of hash lists (treated as sets)."""
-    f = pl.DataFrame({"a": a, "b": b})
-    r = f.select(
-        pl.col("a").list.set_intersection(pl.col("b")).list.len().alias("i"),
-        pl.col("a").list.n_unique().alias("na"),
-        pl.col("b").list.n_unique().alias("nb"),
-    )
-    i = r["i"].to_numpy().astype(np.float64)
-    u = r["na"].to_numpy() + r["nb"].to_numpy() - i
-    return np.where(u > 0, i / np.maximum(u, 1), 0.0)
+    from pipeline._kernels import pair_jaccard
+
+    va, oa = flat_lists(a)
+    vb, ob = flat_lists(b)
+    k = np.arange(len(a), dtype=np.int64)
+    return pair_jaccard(va, oa, k, vb, ob, k)
 
 
 class MinHashDedup(DedupStage):
@@ -220,21 +233,24 @@ class MinHashDedup(DedupStage):
             return self.global_column(df, SHINGLES, idx[np.asarray(nodes, dtype=np.int64)])
 
         def node_jaccard(u: np.ndarray, other: pl.Series | np.ndarray) -> np.ndarray:
-            """Jaccard of node ``u[i]``'s shingles with ``other[i]`` (a node or a list of hashes);
-            each node's list is read once, and pairs are compared in chunks (memory: the distinct
-            nodes' lists, not one copy per pair)."""
+            """Jaccard of node ``u[i]``'s shingles with ``other[i]`` (a node or a list of hashes):
+            each node's list is read once (memory: the distinct nodes' lists, not one copy per
+            pair), then pairs are compared in chunks on threads (the kernel releases the GIL)."""
+            from pipeline._kernels import pair_jaccard
+
             both = isinstance(other, np.ndarray)
             nodes = np.unique(np.concatenate([u, other]) if both else u)
-            sh = shingles(nodes)
-            a = np.searchsorted(nodes, u)
-            b = np.searchsorted(nodes, other) if both else None
+            va, oa = flat_lists(shingles(nodes))
+            ia = np.searchsorted(nodes, u)
+            if both:
+                vb, ob, ib = va, oa, np.searchsorted(nodes, other)
+            else:
+                (vb, ob), ib = flat_lists(other), np.arange(len(u), dtype=np.int64)
             out = np.empty(len(u))
             step = max(1, min(PAIR_CHUNK, -(-len(u) // workers)))
 
             def chunk(lo: int) -> None:
-                hi = lo + step
-                right = sh.gather(b[lo:hi]) if b is not None else other[lo:hi]
-                out[lo:hi] = jaccard_lists(sh.gather(a[lo:hi]), right)
+                out[lo : lo + step] = pair_jaccard(va, oa, ia[lo : lo + step], vb, ob, ib[lo : lo + step])
 
             with ThreadPoolExecutor(max_workers=workers) as ex:
                 list(ex.map(chunk, range(0, len(u), step)))
