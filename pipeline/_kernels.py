@@ -211,3 +211,35 @@ def pair_jaccard(va: np.ndarray, oa: np.ndarray, ia: np.ndarray,
         union = na + nb_ - inter
         res[k] = inter / union if union > 0 else 0.0
     return res
+
+
+@nb.njit(cache=True, nogil=True)
+def distinct_per_row(h: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Number of distinct values in each row ``h[off[i]:off[i+1]]`` (one open-addressing table per
+    row, indexed by the low bits of the well-mixed hashes; no sort)."""
+    rows = len(off) - 1
+    out = np.zeros(rows, np.int64)
+    size = 64
+    keys = np.empty(size, h.dtype)
+    stamp = np.zeros(size, np.int64)
+    for r in range(rows):
+        n = off[r + 1] - off[r]
+        if n > size // 2:
+            while size < 2 * n:
+                size *= 2
+            keys = np.empty(size, h.dtype)
+            stamp = np.zeros(size, np.int64)
+        mask = size - 1
+        tag = r + 1
+        d = 0
+        for t in range(off[r], off[r + 1]):
+            x = h[t]
+            s = np.int64(x & np.uint64(mask))
+            while stamp[s] == tag and keys[s] != x:
+                s = (s + 1) & mask
+            if stamp[s] != tag:
+                stamp[s] = tag
+                keys[s] = x
+                d += 1
+        out[r] = d
+    return out

@@ -94,3 +94,13 @@ def test_pair_jaccard_treats_lists_as_sets() -> None:
         expect = len(x & y) / len(x | y) if x | y else 0.0
         assert got[k] == pytest.approx(expect)
     assert got[-3] == 1.0 and got[-2] == 0.0
+
+
+def test_distinct_per_row_counts_distinct_values() -> None:
+    from pipeline._kernels import distinct_per_row
+
+    rng = np.random.default_rng(5)
+    rows = [rng.integers(0, 40, rng.integers(0, 300)).astype(np.uint64) for _ in range(200)]
+    off = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    got = distinct_per_row(np.concatenate(rows), off)
+    assert got.tolist() == [len(set(r.tolist())) for r in rows]

@@ -22,9 +22,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.dedup import shingles_from_words
+from pipeline.dedup import normalize_text, shingles_from_words
 from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
-from pipeline.text import normalize_expr, text_expr
+from pipeline.text import text_expr
 
 
 class HeuristicsParams(StageParams):
@@ -41,10 +41,12 @@ def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
     """``1 - distinct/total`` word n-grams for each list of words (0 where there are fewer than n).
 
     Vectorised over the whole shard: words are hashed once (the strings are dropped), n-gram
-    hashes come from :func:`pipeline.dedup.shingles_from_words`, and distinct n-grams per row are counted by sorting
-    one ``(row, hash)`` key per n-gram. Hashes keep at least 40 bits after the row bits, so a
-    collision inside one response is vanishingly rare.
+    hashes come from :func:`pipeline.dedup.shingles_from_words` (64-bit, so a collision inside one
+    response is vanishingly rare), and distinct n-grams per row are counted by a compiled hash-set
+    loop (:func:`pipeline._kernels.distinct_per_row`).
     """
+    from pipeline._kernels import distinct_per_row
+
     rows = len(words)
     lens = words.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = words.explode().drop_nulls()
@@ -52,14 +54,7 @@ def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
     if rows == 0 or not cnt.any():
         return pl.Series("ratio", np.zeros(rows))
     h, off = shingles_from_words(flat.hash(42).to_numpy().astype(np.uint64, copy=False), lens, n)
-    h = h[np.repeat(lens >= n, np.diff(off))]  # a row shorter than n gave one whole-row shingle: not an n-gram
-    row_of = np.repeat(np.arange(rows, dtype=np.uint64), cnt)
-    row_bits = max(1, int(rows).bit_length())
-    key = (row_of << np.uint64(64 - row_bits)) | (h >> np.uint64(row_bits))
-    key.sort()
-    new = np.ones(len(key), dtype=bool)
-    new[1:] = key[1:] != key[:-1]
-    distinct = np.bincount((key[new] >> np.uint64(64 - row_bits)).astype(np.int64), minlength=rows)
+    distinct = distinct_per_row(h, off)  # a row shorter than n has one whole-row shingle: cnt is 0 there
     ratio = np.where(cnt > 0, 1.0 - distinct / np.maximum(cnt, 1), 0.0)
     return pl.Series("ratio", ratio)
 
@@ -82,9 +77,12 @@ class Heuristics(Stage):
             el.filter(el.struct.field("role") == "assistant").struct.field("content")
         )
         response = text_expr("response")
+        texts = df.select(text_expr("instruction").alias("i"), response.alias("r"))
+        # normalize_text is normalize_expr's result, faster; nulls stay null (no match)
+        same = (normalize_text(texts["i"]) == normalize_text(texts["r"])).alias("heur_response_eq_instruction")
+        same = pl.select(pl.when(texts["i"].is_null() | texts["r"].is_null()).then(None).otherwise(same)).to_series()
         tmp = df.select(
             assistant.list.eval(el.fill_null("").str.strip_chars().str.len_chars() == 0).list.any().alias("heur_empty_response"),
-            (normalize_expr(text_expr("instruction")) == normalize_expr(response)).alias("heur_response_eq_instruction"),
             response.str.to_lowercase().str.extract_all(r"\w+").alias("_words"),
             (response.str.len_chars() - response.str.count_matches(r"\s")).alias("_nonspace"),
             response.str.count_matches(r"[^\p{L}\p{N}\s]").alias("_sym"),
@@ -92,7 +90,7 @@ class Heuristics(Stage):
         )
         return df.with_columns(
             tmp["heur_empty_response"],
-            tmp["heur_response_eq_instruction"],
+            same.alias("heur_response_eq_instruction"),
             rep_ngram_ratio(tmp["_words"], self.params.rep_ngram_n).alias("heur_rep_ngram_ratio"),
             tmp["_words"].list.len().cast(pl.Int64).alias("heur_response_words"),
             (tmp["_sym"] / tmp["_nonspace"]).fill_nan(0.0).fill_null(0.0).cast(pl.Float64).alias("heur_non_alnum_ratio"),
