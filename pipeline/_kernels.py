@@ -243,3 +243,32 @@ def distinct_per_row(h: np.ndarray, off: np.ndarray) -> np.ndarray:
                 d += 1
         out[r] = d
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def nonseparator_counts(data: np.ndarray, offsets: np.ndarray, sep_bits: np.ndarray) -> np.ndarray:
+    """Code points of each UTF-8 string whose bit in ``sep_bits`` is clear (the characters a word
+    is made of), counted without decoding more than each lead byte's code point."""
+    rows = len(offsets) - 1
+    out = np.zeros(rows, np.int64)
+    for r in range(rows):
+        c = 0
+        i = offsets[r]
+        end = offsets[r + 1]
+        while i < end:
+            b = np.int64(data[i])
+            if b < 0x80:
+                cp, k = b, 1
+            elif b < 0xE0:
+                cp, k = ((b & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), 2
+            elif b < 0xF0:
+                cp = ((b & 0x0F) << 12) | ((np.int64(data[i + 1]) & 0x3F) << 6) | (np.int64(data[i + 2]) & 0x3F)
+                k = 3
+            else:
+                cp = (((b & 0x07) << 18) | ((np.int64(data[i + 1]) & 0x3F) << 12)
+                      | ((np.int64(data[i + 2]) & 0x3F) << 6) | (np.int64(data[i + 3]) & 0x3F))
+                k = 4
+            c += 1 - ((sep_bits[cp >> 3] >> (cp & 7)) & 1)
+            i += k
+        out[r] = c
+    return out

@@ -149,7 +149,15 @@ def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np
     """
     from pipeline._kernels import FNV_OFFSET, utf8_word_hashes
 
-    arr = _nfkc(texts).str.to_lowercase().to_arrow()
+    buf, off = utf8_buffer(_nfkc(texts).str.to_lowercase())
+    start = FNV_OFFSET ^ mix64(np.array([seed], dtype=np.uint64))[0]
+    return utf8_word_hashes(buf, off, _separator_bits(), start)
+
+
+def utf8_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of a string Series and each row's offsets into them (a null row is empty):
+    what the compiled loops of :mod:`pipeline._kernels` read (a view where Arrow allows it)."""
+    arr = texts.fill_null("").to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if arr.type != pa.large_string():
@@ -157,8 +165,32 @@ def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np
     _, offsets, data = arr.buffers()
     off = np.frombuffer(offsets, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
     buf = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    start = FNV_OFFSET ^ mix64(np.array([seed], dtype=np.uint64))[0]
-    return utf8_word_hashes(buf, off, _separator_bits(), start)
+    return buf, off
+
+
+def normalized_equal(a: pl.Series, b: pl.Series) -> pl.Series:
+    """``normalize_text(a) == normalize_text(b)`` row by row (null where either is null).
+
+    Only rows that can be equal are normalised: on ASCII text NFKC and lower-casing keep every word
+    character (neither punctuation, symbol nor space) and normalisation removes only separators, so
+    two ASCII strings with different numbers of word characters (counted by a compiled loop) cannot
+    normalise to the same text. Rows with any non-ASCII character are always normalised.
+    """
+    from pipeline._kernels import nonseparator_counts
+
+    if len(a) != len(b):
+        raise ValueError(f"normalized_equal: {len(a)} rows against {len(b)}")
+    sep = _separator_bits()
+    wide = (a.str.len_bytes() != a.str.len_chars()) | (b.str.len_bytes() != b.str.len_chars())
+    maybe = wide.fill_null(False).to_numpy() | (nonseparator_counts(*utf8_buffer(a), sep)
+                                                 == nonseparator_counts(*utf8_buffer(b), sep))
+    out = np.zeros(len(a), dtype=bool)
+    rows = np.flatnonzero(maybe)
+    if len(rows):
+        idx = pl.Series(rows)
+        out[rows] = (normalize_text(a.gather(idx)) == normalize_text(b.gather(idx))).to_numpy()
+    res = pl.Series("normalized_equal", out)
+    return pl.select(pl.when(a.is_null() | b.is_null()).then(None).otherwise(res)).to_series().alias("normalized_equal")
 
 
 @lru_cache(maxsize=1)
@@ -659,6 +691,7 @@ __all__ = [
     "connected_components",
     "hash_probe",
     "normalize_text",
+    "normalized_equal",
     "text_series",
     "keeper_rank",
     "minhash_signatures",

@@ -89,3 +89,23 @@ def test_compiled_word_split_equals_the_regex_split_on_real_data(real_texts: lis
         expect = [_py_word_hash(w, start) for w in words[r].to_list()]
         assert wh[offsets[r] : offsets[r + 1]].tolist() == expect, texts[r][:80]
 
+
+
+def test_normalized_equal_matches_the_reference_expression(real_texts: list[pl.Series]) -> None:
+    """Equality of normalize_expr on pairs of real texts and edited echoes (case, punctuation,
+    spacing, full-width and ligature forms), and null where either side is null."""
+    from pipeline.dedup import normalized_equal
+    from pipeline.text import normalize_expr
+
+    base = pl.concat([t.head(1000) for t in real_texts])
+    base = base.filter(base.str.len_bytes() > 0)
+    rng = np.random.default_rng(0)
+    other = base.gather(rng.permutation(len(base)))
+    echo = base.str.to_uppercase().str.replace_all(r"\s+", "  ").str.replace_all(r"([a-z])\.", "$1 ,")
+    wide = base.head(500).str.replace_all("fi", "ﬁ", literal=True).str.replace_all("A", "Ａ", literal=True)
+    a = pl.concat([base, base, base.head(500), base.head(3), pl.Series("t", [None, "x", None, "Hello, World!"])])
+    b = pl.concat([other, echo, wide, base.head(3) + " extra", pl.Series("t", ["x", None, None, "hello world"])])
+    got = normalized_equal(a, b)
+    ref = pl.select(normalize_expr(pl.lit(a)) == normalize_expr(pl.lit(b))).to_series()
+    assert got.to_list() == ref.to_list()
+    assert got.sum() > len(base) // 2 and got.null_count() == 3

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.dedup import normalize_text, shingles_from_words
+from pipeline.dedup import normalized_equal, shingles_from_words
 from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
 from pipeline.text import text_expr
 
@@ -78,9 +78,7 @@ class Heuristics(Stage):
         )
         response = text_expr("response")
         texts = df.select(text_expr("instruction").alias("i"), response.alias("r"))
-        # normalize_text is normalize_expr's result, faster; nulls stay null (no match)
-        same = (normalize_text(texts["i"]) == normalize_text(texts["r"])).alias("heur_response_eq_instruction")
-        same = pl.select(pl.when(texts["i"].is_null() | texts["r"].is_null()).then(None).otherwise(same)).to_series()
+        same = normalized_equal(texts["i"], texts["r"])  # normalize_expr's equality, normalising few rows
         tmp = df.select(
             assistant.list.eval(el.fill_null("").str.strip_chars().str.len_chars() == 0).list.any().alias("heur_empty_response"),
             response.str.to_lowercase().str.extract_all(r"\w+").alias("_words"),
