@@ -171,21 +171,27 @@ def utf8_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 def normalized_equal(a: pl.Series, b: pl.Series) -> pl.Series:
     """``normalize_text(a) == normalize_text(b)`` row by row (null where either is null).
 
-    Only rows that can be equal are normalised: on ASCII text NFKC and lower-casing keep every word
-    character (neither punctuation, symbol nor space) and normalisation removes only separators, so
-    two ASCII strings with different numbers of word characters (counted by a compiled loop) cannot
-    normalise to the same text. Rows with any non-ASCII character are always normalised.
+    Only rows that can be equal are normalised. Normalisation keeps exactly the word characters
+    (neither punctuation, symbol nor space) of the NFKC, lower-cased text, so two texts whose counts
+    of those differ cannot be equal; the counts come from a compiled loop over the UTF-8 bytes, on
+    the raw text for ASCII rows (NFKC and lower-casing keep their word characters) and on the NFKC,
+    lower-cased text for the others. Equal counts are rare unless the texts are near copies.
     """
     from pipeline._kernels import nonseparator_counts
 
     if len(a) != len(b):
         raise ValueError(f"normalized_equal: {len(a)} rows against {len(b)}")
     sep = _separator_bits()
-    wide = (a.str.len_bytes() != a.str.len_chars()) | (b.str.len_bytes() != b.str.len_chars())
-    maybe = wide.fill_null(False).to_numpy() | (nonseparator_counts(*utf8_buffer(a), sep)
-                                                 == nonseparator_counts(*utf8_buffer(b), sep))
+
+    def counts(s: pl.Series) -> np.ndarray:
+        c = nonseparator_counts(*utf8_buffer(s), sep)
+        wide = (s.str.len_bytes() != s.str.len_chars()).fill_null(False).arg_true()
+        if len(wide):
+            c[wide.to_numpy()] = nonseparator_counts(*utf8_buffer(_nfkc(s.gather(wide)).str.to_lowercase()), sep)
+        return c
+
+    rows = np.flatnonzero(counts(a) == counts(b))
     out = np.zeros(len(a), dtype=bool)
-    rows = np.flatnonzero(maybe)
     if len(rows):
         idx = pl.Series(rows)
         out[rows] = (normalize_text(a.gather(idx)) == normalize_text(b.gather(idx))).to_numpy()
