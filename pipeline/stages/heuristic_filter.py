@@ -1,6 +1,7 @@
 """Heuristics: cheap quality rules in the style of Gopher (Rae et al. 2021) and FineWeb.
 
-Computed per row, all vectorised in Polars:
+Computed per row, vectorised over the shard (Polars, plus two compiled loops: distinct n-grams
+per row, word-character counts for the echo check):
 
 * ``heur_empty_response``: an assistant turn is empty or whitespace only;
 * ``heur_response_eq_instruction``: the response equals the instruction after normalisation
