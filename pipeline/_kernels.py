@@ -28,6 +28,20 @@ def _mix64(x: np.uint64) -> np.uint64:  # splitmix64 finaliser, as pipeline.dedu
     return x ^ (x >> _S31)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _code_point(data: np.ndarray, i: int) -> tuple[int, int]:
+    """The code point starting at byte ``i`` of valid UTF-8 ``data`` and its length in bytes."""
+    b = np.int64(data[i])
+    if b < 0x80:
+        return b, 1
+    if b < 0xE0:
+        return ((b & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), 2
+    if b < 0xF0:
+        return ((b & 0x0F) << 12) | ((np.int64(data[i + 1]) & 0x3F) << 6) | (np.int64(data[i + 2]) & 0x3F), 3
+    return (((b & 0x07) << 18) | ((np.int64(data[i + 1]) & 0x3F) << 12)
+            | ((np.int64(data[i + 2]) & 0x3F) << 6) | (np.int64(data[i + 3]) & 0x3F)), 4
+
+
 @nb.njit(cache=True, nogil=True)
 def utf8_word_hashes(data: np.ndarray, offsets: np.ndarray, sep_bits: np.ndarray,
                      start: np.uint64) -> tuple[np.ndarray, np.ndarray]:
@@ -50,18 +64,7 @@ def utf8_word_hashes(data: np.ndarray, offsets: np.ndarray, sep_bits: np.ndarray
         h = start
         cnt = 0
         while i < end:
-            b = np.int64(data[i])
-            if b < 0x80:
-                cp, k = b, 1
-            elif b < 0xE0:
-                cp, k = ((b & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), 2
-            elif b < 0xF0:
-                cp = ((b & 0x0F) << 12) | ((np.int64(data[i + 1]) & 0x3F) << 6) | (np.int64(data[i + 2]) & 0x3F)
-                k = 3
-            else:
-                cp = (((b & 0x07) << 18) | ((np.int64(data[i + 1]) & 0x3F) << 12)
-                      | ((np.int64(data[i + 2]) & 0x3F) << 6) | (np.int64(data[i + 3]) & 0x3F))
-                k = 4
+            cp, k = _code_point(data, i)
             if (sep_bits[cp >> 3] >> (cp & 7)) & 1:
                 if inword:
                     out[m] = _mix64(h)
@@ -256,18 +259,7 @@ def nonseparator_counts(data: np.ndarray, offsets: np.ndarray, sep_bits: np.ndar
         i = offsets[r]
         end = offsets[r + 1]
         while i < end:
-            b = np.int64(data[i])
-            if b < 0x80:
-                cp, k = b, 1
-            elif b < 0xE0:
-                cp, k = ((b & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), 2
-            elif b < 0xF0:
-                cp = ((b & 0x0F) << 12) | ((np.int64(data[i + 1]) & 0x3F) << 6) | (np.int64(data[i + 2]) & 0x3F)
-                k = 3
-            else:
-                cp = (((b & 0x07) << 18) | ((np.int64(data[i + 1]) & 0x3F) << 12)
-                      | ((np.int64(data[i + 2]) & 0x3F) << 6) | (np.int64(data[i + 3]) & 0x3F))
-                k = 4
+            cp, k = _code_point(data, i)
             c += 1 - ((sep_bits[cp >> 3] >> (cp & 7)) & 1)
             i += k
         out[r] = c
