@@ -160,55 +160,67 @@ def minhash_matrix(flat: np.ndarray, off: np.ndarray, a: np.ndarray, b: np.ndarr
     return sig
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _insert(keys: np.ndarray, stamp: np.ndarray, tag: int, x: np.uint64) -> tuple[int, bool]:
+    """Find ``x`` in an open-addressing table, adding it if absent: ``(slot, added)``.
+
+    A slot is in use iff its stamp is ``tag`` (a new tag empties the table without clearing it);
+    ``len(keys)`` is a power of two and values are well-mixed hashes, so their low bits index it."""
+    mask = len(keys) - 1
+    s = np.int64(x) & mask
+    while stamp[s] == tag and keys[s] != x:
+        s = (s + 1) & mask
+    if stamp[s] == tag:
+        return s, False
+    stamp[s] = tag
+    keys[s] = x
+    return s, True
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _table_size(size: int, need: int) -> int:
+    """The power of two at least ``need``, from ``size`` (tables only grow)."""
+    while size < need:
+        size *= 2
+    return size
+
+
 @nb.njit(cache=True, nogil=True)
 def pair_jaccard(va: np.ndarray, oa: np.ndarray, ia: np.ndarray,
-                        vb: np.ndarray, ob: np.ndarray, ib: np.ndarray) -> np.ndarray:
+                 vb: np.ndarray, ob: np.ndarray, ib: np.ndarray) -> np.ndarray:
     """Jaccard similarity of list ``ia[k]`` of ``(va, oa)`` and list ``ib[k]`` of ``(vb, ob)`` as sets,
     for every ``k``. Lists need not be sorted and may repeat values: each pair's values go into one
-    open-addressing table (values are well-mixed hashes, so their low bits index it), marked by
-    which list holds them. Two empty lists have similarity 0."""
+    table (:func:`_insert`), marked by which list holds them. Two empty lists have similarity 0."""
     res = np.empty(len(ia))
     size = 64
     keys = np.empty(size, va.dtype)
     marks = np.zeros(size, np.uint8)
-    stamp = np.zeros(size, np.int64)  # slot in use for pair k iff stamp == k + 1: no clearing
+    stamp = np.zeros(size, np.int64)
     for k in range(len(ia)):
         a0, a1 = oa[ia[k]], oa[ia[k] + 1]
         b0, b1 = ob[ib[k]], ob[ib[k] + 1]
-        need = 2 * ((a1 - a0) + (b1 - b0))
+        need = _table_size(size, 2 * ((a1 - a0) + (b1 - b0)))
         if need > size:
-            while size < need:
-                size *= 2
+            size = need
             keys = np.empty(size, va.dtype)
             marks = np.zeros(size, np.uint8)
             stamp = np.zeros(size, np.int64)
-        mask = size - 1
         tag = k + 1
         na = 0
         nb_ = 0
         inter = 0
         for t in range(a0, a1):
-            x = va[t]
-            h = np.int64(x) & mask
-            while stamp[h] == tag and keys[h] != x:
-                h = (h + 1) & mask
-            if stamp[h] != tag:
-                stamp[h] = tag
-                keys[h] = x
-                marks[h] = 1
+            s, added = _insert(keys, stamp, tag, va[t])
+            if added:
+                marks[s] = 1
                 na += 1
         for t in range(b0, b1):
-            x = vb[t]
-            h = np.int64(x) & mask
-            while stamp[h] == tag and keys[h] != x:
-                h = (h + 1) & mask
-            if stamp[h] != tag:
-                stamp[h] = tag
-                keys[h] = x
-                marks[h] = 2
+            s, added = _insert(keys, stamp, tag, vb[t])
+            if added:
+                marks[s] = 2
                 nb_ += 1
-            elif marks[h] == 1:
-                marks[h] = 3
+            elif marks[s] == 1:
+                marks[s] = 3
                 nb_ += 1
                 inter += 1
         union = na + nb_ - inter
@@ -218,31 +230,22 @@ def pair_jaccard(va: np.ndarray, oa: np.ndarray, ia: np.ndarray,
 
 @nb.njit(cache=True, nogil=True)
 def distinct_per_row(h: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """Number of distinct values in each row ``h[off[i]:off[i+1]]`` (one open-addressing table per
-    row, indexed by the low bits of the well-mixed hashes; no sort)."""
+    """Number of distinct values in each row ``h[off[i]:off[i+1]]`` (one table per row,
+    :func:`_insert`; no sort)."""
     rows = len(off) - 1
     out = np.zeros(rows, np.int64)
     size = 64
     keys = np.empty(size, h.dtype)
     stamp = np.zeros(size, np.int64)
     for r in range(rows):
-        n = off[r + 1] - off[r]
-        if n > size // 2:
-            while size < 2 * n:
-                size *= 2
+        need = _table_size(size, 2 * (off[r + 1] - off[r]))
+        if need > size:
+            size = need
             keys = np.empty(size, h.dtype)
             stamp = np.zeros(size, np.int64)
-        mask = size - 1
-        tag = r + 1
         d = 0
         for t in range(off[r], off[r + 1]):
-            x = h[t]
-            s = np.int64(x & np.uint64(mask))
-            while stamp[s] == tag and keys[s] != x:
-                s = (s + 1) & mask
-            if stamp[s] != tag:
-                stamp[s] = tag
-                keys[s] = x
+            if _insert(keys, stamp, r + 1, h[t])[1]:  # (adding the bool itself compiles 10x slower)
                 d += 1
         out[r] = d
     return out
