@@ -99,27 +99,29 @@ def normalize_text(s: pl.Series) -> pl.Series:
     (:data:`pipeline._nfkc.NFKC_MAY_CHANGE`; the others are NFKC-invariant), and the
     punctuation/symbol and whitespace folds are one regex pass (a run of either becomes one space).
     """
-    return _nfkc(s).str.to_lowercase().str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars()
+    return _folded(s).str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars()
+
+
+def _folded(s: pl.Series) -> pl.Series:
+    """NFKC, then lower-cased: the first two steps of :func:`normalize_text` (nulls as "")."""
+    return _nfkc(s).str.to_lowercase()
+
+
+def _non_ascii(s: pl.Series) -> pl.Series:
+    """Positions of the strings holding a non-ASCII character (far cheaper than a regex: their
+    UTF-8 length differs from their length in characters)."""
+    return (s.str.len_bytes() != s.str.len_chars()).fill_null(False).arg_true()
 
 
 def _nfkc(s: pl.Series) -> pl.Series:
     """NFKC of every string (nulls as ""), run only on those holding a character it may change."""
     s = s.fill_null("")
-    # ASCII strings are NFKC-stable; the byte/char length test is far cheaper than the class regex
-    wide = (s.str.len_bytes() != s.str.len_chars()).arg_true()
+    wide = _non_ascii(s)  # ASCII strings are NFKC-stable
     if len(wide):
         unstable = wide.gather(s.gather(wide).str.contains(NFKC_MAY_CHANGE).arg_true())
         if len(unstable):
             s = s.scatter(unstable, s.gather(unstable).str.normalize("NFKC"))
     return s
-
-
-def _starts(lens: np.ndarray) -> np.ndarray:
-    """Offsets of consecutive runs of ``lens`` items (``starts[i] = sum(lens[:i])``)."""
-    starts = np.zeros(len(lens), dtype=np.int64)
-    if len(lens):
-        np.cumsum(lens[:-1], out=starts[1:])
-    return starts
 
 
 def text_series(df: pl.DataFrame, key: str, normalize: bool = True) -> pl.Series:
@@ -149,23 +151,37 @@ def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np
     """
     from pipeline._kernels import FNV_OFFSET, utf8_word_hashes
 
-    buf, off = utf8_buffer(_nfkc(texts).str.to_lowercase())
+    buf, off = utf8_buffer(_folded(texts))
     start = FNV_OFFSET ^ mix64(np.array([seed], dtype=np.uint64))[0]
     return utf8_word_hashes(buf, off, _separator_bits(), start)
+
+
+def _large_array(s: pl.Series, typ: pa.DataType) -> pa.Array:
+    """``s`` as one Arrow array of type ``typ`` (64-bit offsets), as the compiled loops read it."""
+    arr = s.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr if arr.type == typ else arr.cast(typ)
 
 
 def utf8_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """The UTF-8 bytes of a string Series and each row's offsets into them (a null row is empty):
     what the compiled loops of :mod:`pipeline._kernels` read (a view where Arrow allows it)."""
-    arr = texts.fill_null("").to_arrow()
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if arr.type != pa.large_string():
-        arr = arr.cast(pa.large_string())
+    arr = _large_array(texts.fill_null(""), pa.large_string())
     _, offsets, data = arr.buffers()
     off = np.frombuffer(offsets, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
     buf = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
     return buf, off
+
+
+def list_buffer(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The values of a column of ``uint32`` hash lists and each row's offsets into them (a null
+    list is empty), for the compiled loops."""
+    s = lists.cast(pl.List(pl.UInt32))
+    if s.null_count():
+        s = s.fill_null(pl.Series([[]], dtype=pl.List(pl.UInt32)))
+    arr = _large_array(s, pa.large_list(pa.uint32()))
+    return arr.values.to_numpy(zero_copy_only=False), arr.offsets.to_numpy().astype(np.int64)
 
 
 def normalized_equal(a: pl.Series, b: pl.Series) -> pl.Series:
@@ -185,9 +201,9 @@ def normalized_equal(a: pl.Series, b: pl.Series) -> pl.Series:
 
     def counts(s: pl.Series) -> np.ndarray:
         c = nonseparator_counts(*utf8_buffer(s), sep)
-        wide = (s.str.len_bytes() != s.str.len_chars()).fill_null(False).arg_true()
+        wide = _non_ascii(s)
         if len(wide):
-            c[wide.to_numpy()] = nonseparator_counts(*utf8_buffer(_nfkc(s.gather(wide)).str.to_lowercase()), sep)
+            c[wide.to_numpy()] = nonseparator_counts(*utf8_buffer(_folded(s.gather(wide))), sep)
         return c
 
     rows = np.flatnonzero(counts(a) == counts(b))
@@ -696,6 +712,7 @@ __all__ = [
     "band_keys",
     "connected_components",
     "hash_probe",
+    "list_buffer",
     "normalize_text",
     "normalized_equal",
     "text_series",

@@ -73,6 +73,7 @@ from pipeline.dedup import (
     keeper_inputs,
     keeper_rank,
     kid_index,
+    list_buffer,
     minhash_signatures,
     participants,
     resolve_duplicates,
@@ -131,28 +132,6 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
             if err < best[0]:
                 best = (err, b, r)
     return best[1], best[2]
-
-
-def flat_lists(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """The hash lists of ``s`` as ``(flat uint32 values, row offsets)`` (a null list is empty)."""
-    s = s.cast(pl.List(pl.UInt32))
-    if s.null_count():
-        s = s.fill_null(pl.Series([[]], dtype=pl.List(pl.UInt32)))
-    arr = s.to_arrow()
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    off = arr.offsets.to_numpy().astype(np.int64)
-    return arr.values.to_numpy(zero_copy_only=False).astype(np.uint32, copy=False), off
-
-
-def jaccard_lists(a: pl.Series, b: pl.Series) -> np.ndarray:
-    """Exact Jaccard similarity of two aligned columns of hash lists (treated as sets)."""
-    from pipeline._kernels import pair_jaccard
-
-    va, oa = flat_lists(a)
-    vb, ob = flat_lists(b)
-    k = np.arange(len(a), dtype=np.int64)
-    return pair_jaccard(va, oa, k, vb, ob, k)
 
 
 class MinHashDedup(DedupStage):
@@ -240,12 +219,12 @@ class MinHashDedup(DedupStage):
 
             both = isinstance(other, np.ndarray)
             nodes = np.unique(np.concatenate([u, other]) if both else u)
-            va, oa = flat_lists(shingles(nodes))
+            va, oa = list_buffer(shingles(nodes))
             ia = np.searchsorted(nodes, u)
             if both:
                 vb, ob, ib = va, oa, np.searchsorted(nodes, other)
             else:
-                (vb, ob), ib = flat_lists(other), np.arange(len(u), dtype=np.int64)
+                (vb, ob), ib = list_buffer(other), np.arange(len(u), dtype=np.int64)
             out = np.empty(len(u))
             step = max(1, min(PAIR_CHUNK, -(-len(u) // workers)))
 
