@@ -43,17 +43,18 @@ import itertools
 import json
 import os
 import random
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import unicodedata
 from pathlib import Path
 
+from _common import peak_rss_mb, spawn  # benchmarks/ is on sys.path (the script's folder)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
 
 THRESHOLD = 0.7
 NGRAM = 5
@@ -83,18 +84,6 @@ def py_shingles(text: str, n: int = NGRAM) -> set[str]:
 
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 0.0
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of this process in MB: ru_maxrss, but from /proc's VmHWM where there is one, because
-    Linux carries ru_maxrss over fork+exec from the parent (the benchmark driver holds the pools)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 _ASCII_FOLD = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
@@ -541,11 +530,7 @@ def child_peer(pool: Path, rows: int) -> dict:
 
 
 def _spawn(*args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return spawn(__file__, *args)
 
 
 def throughput(real: Path, sizes: list[int], peer_rows: int, work: Path, repeat: int, workers: int = 1) -> None:

@@ -48,29 +48,18 @@ import datetime
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _common import peak_rss_mb, spawn  # benchmarks/ is on sys.path (the script's folder)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+
 FILES = ["sharegpt_17k.parquet", "t0_templated_50k.parquet", "code_alpaca_2k.json.gz", "gsm8k_train.jsonl.gz"]
 SEED = 0
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of this process in MB: ru_maxrss, but from /proc's VmHWM where there is one, because
-    Linux carries ru_maxrss over fork+exec from the parent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load(path: str):  # -> pl.DataFrame
@@ -198,11 +187,7 @@ def child_peer(path: str, peer_rows: int, tokenizer: str) -> dict:
 
 
 def _spawn(*args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return spawn(__file__, *args)
 
 
 # ---------------------------------------------------------------- driver

@@ -81,7 +81,7 @@ def _child(args: argparse.Namespace) -> None:
     else:
         res = _case_ours(args.path.split(","), args.shard_rows, args.length, args.workers)
     sys.path.insert(0, str(Path(__file__).parent))
-    from dedup import peak_rss_mb  # VmHWM: ru_maxrss carries the driver's peak over fork+exec
+    from _common import peak_rss_mb  # VmHWM: ru_maxrss carries the driver's peak over fork+exec
 
     res["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(res))

@@ -68,6 +68,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import peak_rss_mb  # benchmarks/ is on sys.path (the script's folder)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -78,7 +80,6 @@ _spec = importlib.util.spec_from_file_location("bench_dedup", Path(__file__).wit
 _dd = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(_dd)  # type: ignore[union-attr]
 edit_words, py_conversation, fast_shingles, jaccard = _dd.edit_words, _dd.py_conversation, _dd.fast_shingles, _dd.jaccard
-peak_rss_mb = _dd.peak_rss_mb  # VmHWM: ru_maxrss would carry the parent's over fork+exec
 THRESHOLD = _dd.THRESHOLD  # MinHash threshold of the config, and of the "expected" label of near copies
 
 BASE_FILES = ["t0_templated_50k.parquet", "alpaca_eval_judged.parquet", "sharegpt_17k.parquet", "gsm8k_train.jsonl.gz",
