@@ -58,7 +58,6 @@ SCRATCH_RESPONSE_CHARS = "_dedup_response_chars"
 
 #: Fixed seeds: hashes must be identical across processes and runs (incremental state).
 HASH_SEED = 0x5F7C_2A11
-_PRIME = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime: the band-key combine step
 
 
 class KeeperParams(StageParams):
@@ -268,13 +267,16 @@ def minhash_params(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int, seed: int = HASH_SEED) -> np.ndarray:
-    """LSH band keys: one uint64 per (row, band), hashing that band's ``rows`` signature values."""
+    """LSH band keys: one uint64 per (row, band), hashing that band's ``rows`` signature values
+    (the FNV-style combine of the n-gram hashes, finished with splitmix64)."""
+    from pipeline._kernels import FNV_PRIME
+
     n = sig.shape[0]
     s = sig[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
     with np.errstate(over="ignore"):
         h = mix64(np.arange(bands, dtype=np.uint64) + np.uint64(seed))[None, :].repeat(n, axis=0)
         for j in range(rows):
-            h = (h ^ s[:, :, j]) * _PRIME
+            h = (h ^ s[:, :, j]) * FNV_PRIME
         return mix64(h)
 
 
