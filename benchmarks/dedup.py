@@ -461,7 +461,7 @@ def child_ours(pool: Path, kind: str, threads: int = 1, procs: bool = False) -> 
     del parts
     t1 = time.perf_counter()
     if lazy:
-        from pipeline.runner import ChainColumnReader
+        from pipeline.engine.chains import ChainColumnReader
 
         stage.column_reader = ChainColumnReader([(str(lazy_dir / f"part-{i:05d}.parquet"),) for i in range(n)],
                                                 g["_shard"].to_numpy(), g["_pos"].to_numpy())

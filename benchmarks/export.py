@@ -43,7 +43,7 @@ def base_run(work: Path) -> Path:
     import polars as pl
 
     from pipeline.config import load_config
-    from pipeline.runner import run
+    from pipeline.engine import run
 
     sg = work / "sharegpt_1k.parquet"
     pl.scan_parquet(REAL / "sharegpt_17k.parquet").head(1000).collect().write_parquet(sg)

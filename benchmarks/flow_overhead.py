@@ -117,8 +117,9 @@ def dask_direct(cfg_path: Path, run_id: str) -> dict[str, Any]:
 def measure(engine: str, cfg_path: str, api_url: str | None, q: mp.Queue) -> None:
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
-    from pipeline.config import load_config
     from pipeline.runner import run
+
+    from pipeline.config import load_config
 
     if engine == "dask-direct":
         import distributed  # noqa: F401 - imported before the clock starts, like the others

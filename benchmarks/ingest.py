@@ -29,8 +29,8 @@ def _case_ours(paths: list[str], shard_rows: int, with_length: bool, workers: in
 
     import polars as pl
 
+    from pipeline.engine.ingest import ingest_source
     from pipeline.io.readers import SourceSpec
-    from pipeline.runner import ingest_source
     from pipeline.stages.length_filter import Length
 
     out = Path(tempfile.mkdtemp(prefix="bench-ingest-"))

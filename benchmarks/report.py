@@ -11,7 +11,7 @@ import polars as pl
 
 from pipeline import report as R
 from pipeline.config import load_config
-from pipeline.runner import run
+from pipeline.engine import run
 
 out = Path(tempfile.mkdtemp(prefix="bench-report-"))
 src = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "t0_templated_50k.parquet")

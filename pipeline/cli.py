@@ -1,6 +1,6 @@
 """``curate``: run a config, inspect a run, list the input formats.
 
-    curate run configs/demo.yaml [--out DIR] [--run-id ID] [--engine local|prefect] [--quiet]
+    curate run configs/demo.yaml [--out DIR] [--run-id ID] [--input-dir DIR] [--engine local|prefect] [--quiet]
     curate inspect RUN_DIR
     curate formats
     curate report RUN_DIR
@@ -25,47 +25,41 @@ def _print(msg: str, quiet: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.engine import engine_runner, engines
+
     try:
-        cfg = load_config(args.config)
+        load_config(args.config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     engine = args.engine
-    if engine == "auto":
-        try:
-            import flows.curate  # noqa: F401
-
-            engine = "prefect"
-        except ImportError:
-            engine = "local"
-    if engine == "prefect":
-        from flows.curate import run_flow
-
-        result = run_flow(args.config, out=args.out, run_id=args.run_id, quiet=args.quiet)
-        run_dir, manifest = Path(result["run_dir"]), result["manifest"]
-    else:
-        from pipeline.runner import finish_run, run
-
-        log = lambda m: _print(m, args.quiet)  # noqa: E731
-        res = run(cfg, out=args.out, run_id=args.run_id, progress=not args.quiet, log=log)
-        run_dir, manifest = res.run_dir, res.manifest
-        if manifest["status"] == "complete":
-            finish_run(run_dir, cfg, log)
-    c = manifest["counts"]
+    if engine == "auto":  # the Prefect engine when it is installed, else in-process
+        engine = "prefect" if "prefect" in engines() else "local"
+    try:
+        runner = engine_runner(engine)
+    except (KeyError, ImportError) as e:
+        print(f"error: --engine {engine}: {e}", file=sys.stderr)
+        return 2
+    log = lambda m: _print(m, args.quiet)  # noqa: E731
+    res = runner(args.config, out=args.out, run_id=args.run_id, input_dir=args.input_dir, quiet=args.quiet, log=log)
+    c = res.manifest["counts"]
     _print(
         f"read {c['read']:,} = kept {c['kept']:,} + dropped {c['dropped']:,} + rejected {c['rejected']:,}"
         f" ({'balanced' if c['balanced'] else 'UNBALANCED'}); selected {c['selected']:,}",
         args.quiet,
     )
-    print(run_dir)
-    return 0 if c["balanced"] else 1
+    for err in res.errors:
+        print(f"error: {err}", file=sys.stderr)
+    print(res.run_dir)
+    return 0 if c["balanced"] and not res.errors else 1
 
 
 def inspect_text(run_dir: Path) -> str:
     """Per-stage counts, drop reasons and score quantiles of a run, as plain-text tables."""
+    from pipeline.engine import verify_run
     from pipeline.io.shards import scan_shards
 
-    m = json.loads((run_dir / "manifest.json").read_text())
+    m = verify_run(run_dir)
     c = m["counts"]
     lines = [f"run {m['run_id']}  status={m['status']}  config_hash={m['config_hash']}", ""]
     lines.append(f"{'read':>12} {'rejected':>10} {'kept':>10} {'dropped':>10} {'selected':>10}")
@@ -136,11 +130,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="curate", description="Curate instruction-tuning datasets.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a config")
     r.add_argument("config")
     r.add_argument("--out", help="output root (default: the config's run.out)")
     r.add_argument("--run-id")
+    r.add_argument("--input-dir", help="incremental nightly mode: process the new files of this directory")
     r.add_argument("--engine", choices=["auto", "local", "prefect"], default="auto",
                    help="prefect (default when installed) runs the Prefect flow; local runs in-process")
     r.add_argument("--quiet", action="store_true", help="no progress output; print only the run directory")
@@ -165,8 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``curate``: a user-facing error is one ``error:`` line (the traceback only with ``--debug``)."""
+    from pipeline.engine import LockHeld, RunIntegrityError
+    from pipeline.engine.driver import RunExists
+
     args = build_parser().parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except (LockHeld, RunExists, RunIntegrityError, FileNotFoundError, PermissionError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: interrupted; rerun the same command with the same --run-id to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -335,6 +335,12 @@ def export(run_dir: Path, fmt: str, out: Path, where: str | None = None, with_sc
     manifest = json.loads(mpath.read_text())
     if manifest.get("status") != "complete":
         raise ExportError(f"{run_dir}: run status is {manifest.get('status')!r}, not 'complete'")
+    from pipeline.engine.manifest import RunIntegrityError, verify_run
+
+    try:  # never export from a run whose files differ from what its manifest counted
+        verify_run(run_dir)
+    except RunIntegrityError as e:
+        raise ExportError(str(e)) from e
     src_dir = run_dir / ("shards" if where else "selected")
     paths = list_shards(src_dir)
     if not paths:

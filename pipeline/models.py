@@ -14,7 +14,6 @@ Anything else is an error naming what was tried. Packages are located with
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -60,10 +59,12 @@ class ModelRef:
 
     @property
     def model_id(self) -> str:
-        """Stable id for cache keys: the alias or file name plus a hash of the resolved path and size."""
-        p = self.path
-        size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        h = hashlib.sha256(f"{p.name}:{size}".encode()).hexdigest()[:8]
+        """Stable id for cache keys: the alias or file name plus a hash of the weights' *content*, so two
+        checkpoints of the same size (or a checkpoint replaced at the same path) never share cached
+        scores or embeddings. The hash is cached while the files are untouched."""
+        from pipeline.io.fingerprint import file_fingerprint
+
+        h = file_fingerprint(self.path)[:12]
         return f"{self.ref.replace('/', '_').replace(':', '_')}-{h}"
 
 

@@ -195,6 +195,9 @@ class Run:
     def sidecar_roots(self) -> list[Path]:
         """Where this run's sidecars may be: ``<run>/sidecars`` and the configured ``cache_dir``."""
         roots = [self.path / "sidecars"]
+        recorded = (self.manifest.get("layout") or {}).get("sidecars")
+        if recorded:  # where the engine put them (decided once per run, recorded in the manifest)
+            roots.insert(0, self.path / recorded)  # an absolute path stays absolute under `/`
         cache = (self.manifest.get("config", {}).get("run", {}) or {}).get("cache_dir")
         if cache:
             p = Path(cache).expanduser()
@@ -1096,7 +1099,7 @@ def _global_writes(stage: Any, df: pl.DataFrame, ctx: Any) -> set[str] | None:
     ``score_global`` on an empty frame adds. A fresh instance is used, so the probe leaves no state
     behind in the one that replays. None when ``score`` cannot run on an empty frame.
     """
-    from pipeline.runner import global_new_columns
+    from pipeline.engine.steps import global_new_columns
 
     declared = stage.output_schema()
     probe = type(stage)(stage.params)
@@ -1204,7 +1207,7 @@ def what_if(run: Run | str | Path, stage_or_column: str, threshold: float | None
     (scratch not recomputed, missing scores, a stage that fails to replay) the result says so in
     ``notes`` and ``exact`` is False.
     """
-    from pipeline.runner import global_new_columns
+    from pipeline.engine.steps import global_new_columns
     from pipeline.stages import get_stage
     from pipeline.stages.base import RunContext, Stage, drop_where
 
@@ -1717,7 +1720,7 @@ def write_report(run_dir: str | Path) -> Path:
     The manifest is re-read just before it is rewritten (atomically) so that only the ``report``
     and ``figures`` keys change.
     """
-    from pipeline.runner import write_json_atomic
+    from pipeline.io.atomic import write_json_atomic
 
     run = load_run(run_dir)
     charts = report_charts(run)

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.dedup import StateMismatch
-from pipeline.runner import run
+from pipeline.engine import run
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 COLS = ["keep", "drop_reason", "dup_of", "dup_kind", "dup_of_source", "dup_of_row", "minhash_component"]

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
+from pipeline.engine import run
 from pipeline.export import ExportError, ExportSpec, card_provenance, export, run_exports
 from pipeline.io.readers import read_table
 from pipeline.io.shards import list_shards
-from pipeline.runner import run
 from pipeline.schema import message_id
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"

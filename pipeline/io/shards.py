@@ -6,13 +6,14 @@ so a killed process leaves at most a temp file that no reader ever globs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.io.atomic import atomic_path
 
 ROW_GROUP_ROWS = 10_000
 COMPRESSION = "zstd"
@@ -50,18 +51,10 @@ def shard_name(i: int, prefix: str = "part-") -> str:
 def write_parquet_atomic(table: pa.Table | pl.DataFrame, path: str | Path, row_group_rows: int = ROW_GROUP_ROWS) -> Path:
     """Write ``table`` to ``path`` via a temp file and rename, fsync'd, so it appears whole or not at all."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(table, pl.DataFrame):
         table = table.to_arrow()
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         write_table(table, tmp, row_group_rows)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

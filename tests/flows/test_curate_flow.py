@@ -9,7 +9,8 @@ import pytest
 
 from flows.curate import is_transient, manifest_markdown, run_flow
 from pipeline.config import ConfigError, load_config
-from pipeline.runner import StepError, run
+from pipeline.engine import run
+from pipeline.engine.steps import StepError
 
 STAGES = [
     {"stage": "length", "min_response_tokens": 20},

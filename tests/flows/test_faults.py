@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.curate import run_flow
-from pipeline.runner import StoreCorruption
+from pipeline.engine.store import StoreCorruption
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = 7473  # gsm8k train

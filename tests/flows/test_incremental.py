@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from flows.curate import run_flow
+from pipeline.config import load_config
+from pipeline.engine import run
 
 BUDGET = 300
 
@@ -22,7 +25,18 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_two_nights_with_cross_night_duplicates(tmp_path, real, write_config, prefect_api) -> None:
+def _night(engine: str, cfg: Path, run_id: str) -> dict:
+    """One night through the Prefect flow (what the nightly deployment runs) or the local engine."""
+    if engine == "prefect":
+        return run_flow(str(cfg), run_id=run_id, quiet=True)
+    res = run(load_config(cfg), run_id=run_id, finish=True)
+    return {"run_dir": str(res.run_dir), "manifest": res.manifest}
+
+
+@pytest.mark.parametrize("engine", ["prefect", "local"])
+def test_two_nights_with_cross_night_duplicates(engine, tmp_path, real, write_config, prefect_api) -> None:
+    """The same nights on either engine (one driver): new files only, deduplicated against earlier
+    nights, re-selected over the union; each night writes its report and its export."""
     rows = _gsm8k(real)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -31,11 +45,12 @@ def test_two_nights_with_cross_night_duplicates(tmp_path, real, write_config, pr
         "stages": [{"stage": "length", "min_response_tokens": 5}, {"stage": "exact_dedup", "key": "conversation"},
                    {"stage": "long_is_more", "budget": BUDGET}],
         "flow": {"work_dir": str(tmp_path / "work"), "incremental": {"input_dir": str(inbox), "pattern": "*.jsonl"}},
+        "export": [{"format": "messages", "out": "export/messages"}],
     })
 
     # night 1: rows 0-599
     _write_jsonl(inbox / "2024-01-01.jsonl", rows[:600])
-    n1 = run_flow(str(cfg), run_id="night1", quiet=True)
+    n1 = _night(engine, cfg, "night1")
     m1 = n1["manifest"]
     assert m1["incremental"]["night"] == 1 and m1["incremental"]["new_files"] == ["2024-01-01.jsonl"]
     assert m1["counts"]["read"] == 600 and m1["counts"]["balanced"]
@@ -45,7 +60,7 @@ def test_two_nights_with_cross_night_duplicates(tmp_path, real, write_config, pr
     # night 2: a new file with rows 400-999, i.e. 200 rows that night 1 already kept
     _write_jsonl(inbox / "2024-01-02.jsonl", rows[400:1000])
     (inbox / ".2024-01-03.jsonl.partial").write_text("{not yet")  # an upload in progress is not an input
-    n2 = run_flow(str(cfg), run_id="night2", quiet=True)
+    n2 = _night(engine, cfg, "night2")
     m2, run2 = n2["manifest"], Path(n2["run_dir"])
     inc = m2["incremental"]
     assert inc["new_files"] == ["2024-01-02.jsonl"] and inc["already_processed"] == ["2024-01-01.jsonl"]
@@ -74,10 +89,18 @@ def test_two_nights_with_cross_night_duplicates(tmp_path, real, write_config, pr
     assert (run2 / "state" / "exact_dedup" / "meta.json").exists()
 
     # night 3: nothing new; the selection stands and the diff is empty
-    n3 = run_flow(str(cfg), run_id="night3", quiet=True)
+    n3 = _night(engine, cfg, "night3")
     m3 = n3["manifest"]
     assert m3["counts"]["read"] == 0 and m3["incremental"]["new_files"] == []
     assert m3["incremental"]["added"] == m3["incremental"]["removed"] == 0
+
+    # every night wrote its report and its export of that night's selection
+    for n, sel in ((n1, sel1), (n2, sel2)):
+        d = Path(n["run_dir"])
+        assert (d / "report.html").stat().st_size > 10_000
+        exported = (d / "export" / "messages").rglob("*.jsonl")
+        assert sum(len(p.read_text().splitlines()) for p in exported) == sel.height
+        assert not json.loads((d / "manifest.json").read_text())["finish"]["errors"]
     sel3 = pl.read_parquet(Path(n3["run_dir"]) / "selected")
     assert set(sel3["id"]) == set(sel2["id"])
     ledger = json.loads((tmp_path / "runs" / "nightly.incremental" / "current.json").read_text())

@@ -13,7 +13,7 @@ import polars as pl
 
 from flows.curate import run_flow
 from pipeline.config import load_config
-from pipeline.runner import run
+from pipeline.engine import run
 
 REPO = Path(__file__).resolve().parents[2]
 N_SHARDS = 75  # gsm8k train: 7,473 rows in shards of 100

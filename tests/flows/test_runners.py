@@ -9,7 +9,8 @@ import pytest
 
 from flows.curate import run_flow
 from pipeline.config import load_config
-from pipeline.runner import run, step_meta
+from pipeline.engine import run
+from pipeline.engine.store import step_meta
 
 
 def _config(tmp: Path, real: Path, write_config, runner: str) -> Path:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipeline.engine.ingest import ingest_source
 from pipeline.io.readers import SourceSpec
-from pipeline.runner import ingest_source
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 

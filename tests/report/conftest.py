@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 from pipeline.config import load_config
-from pipeline.runner import run
+from pipeline.engine import run
 from pipeline.stages import available_stages
 from pipeline.text import WORD_TOKEN_PATTERN
 

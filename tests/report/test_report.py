@@ -318,7 +318,7 @@ def test_report_degrades_without_stages(bare_run: Path) -> None:
 
 def test_report_when_every_row_is_dropped(report_dirs: dict, tmp_path: Path) -> None:
     from pipeline.config import load_config
-    from pipeline.runner import run
+    from pipeline.engine import run
 
     cfg = load_config({"sources": [next(s for s in report_dirs["sources"] if s["name"] == "gsm8k_train")], "stages": [{"stage": "length", "min_response_tokens": 10**6}]})
     res = run(cfg, out=tmp_path, run_id="empty")

@@ -7,7 +7,7 @@ import json
 import polars as pl
 
 from pipeline.config import load_config
-from pipeline.runner import run
+from pipeline.engine import run
 
 
 def _config(tmp_path, pool, max_tokens: int) -> dict:

@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.embeddings import EmbeddingStore, model_id
+from pipeline.engine import run
 from pipeline.io.readers import read_table
-from pipeline.runner import run
 from pipeline.stages import cluster, embed
 from pipeline.stages.base import RunContext
 from pipeline.stages.clustering import Cluster

@@ -10,23 +10,18 @@ import polars as pl
 import pytest
 
 from pipeline.config import load_config
+from pipeline.engine import LocalExecutor, run
+from pipeline.engine import chains as chains_mod
+from pipeline.engine.chains import ShardChain, gather_chains, read_chain
+from pipeline.engine.driver import run_plan
+from pipeline.engine.ingest import ingest_cached
+from pipeline.engine.manifest import StageTally
+from pipeline.engine.plan import build_plan, release_stage
+from pipeline.engine.store import WorkStore, step_meta
 from pipeline.io.readers import SourceSpec
-from pipeline.runner import (
-    ShardChain,
-    WorkStore,
-    build_plan,
-    gather_chains,
-    ingest_cached,
-    read_chain,
-    release_stage,
-    run,
-    run_global,
-    run_segment,
-    step_meta,
-)
 from pipeline.stages.base import RunContext
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 ALPACA = REAL / "code_alpaca_2k.json.gz"
 FASTCHAT = REAL / "fastchat_dummy_conversation.json.gz"
 
@@ -46,22 +41,28 @@ def _stages(max_rep: float = 0.5) -> list[tuple[str, dict]]:
 
 
 def _execute(stages: list[tuple[str, dict]], store: WorkStore, ctx: RunContext, shard_rows: int = 300):
-    """The plan run sequentially, as :func:`pipeline.runner.run` does; (chains, step stats)."""
+    """The plan run by the driver's own step sequence on one thread; (chains, step stats)."""
     plan = build_plan(stages, ctx, store.root)
     ref = ingest_cached(SourceSpec(path=str(ALPACA)), store, shard_rows, 1000, "part-000-")
-    chains, stats, gref = list(ref.chains), [], None
+    tally = _Recorder()
     try:
-        for si, seg in enumerate(plan.segments):
-            res = [run_segment(plan, si, c, gref) for c in chains]
-            chains = [r.chain for r in res]
-            stats += [s for r in res for s in r.stats]
-            if seg.global_stage is not None:
-                g = run_global(plan, seg.global_stage, chains)
-                stats.append(g.stat)
-                gref = g.ref
+        chains, _ = run_plan(LocalExecutor(1), plan, list(ref.chains), tally)
     finally:
         release_stage(plan)
-    return chains, stats
+    return chains, tally.stats
+
+
+class _Recorder(StageTally):
+    """A tally that also keeps every step's stat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: list = []
+
+    def add(self, stats) -> None:
+        stats = list(stats)
+        self.stats += stats
+        super().add(stats)
 
 
 def _computed(stats) -> set[tuple[int, str]]:
@@ -174,17 +175,11 @@ def test_saved_state_deduplicates_a_later_run(tmp_path: Path) -> None:
     assert r2.manifest["stages"][0]["summary"]["duplicates_of_earlier_runs"] >= 100
 
 
-def test_local_engine_refuses_an_incremental_config(tmp_path: Path) -> None:
-    cfg = load_config({"stages": [{"stage": "length"}], "flow": {"incremental": {"input_dir": str(tmp_path)}}})
-    with pytest.raises(ValueError, match="flow.incremental"):
-        run(cfg, out=tmp_path / "runs")
-
-
 def test_in_memory_chain_frames_give_the_same_bytes_as_reading_the_files(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The next segment and finalize take the frame a segment just wrote from memory; with the
     cache off they read the files. The outputs must be byte-identical (types, column order)."""
-    from pipeline import runner
+    runner = chains_mod
 
     cfg = load_config({
         "run": {"name": "t", "out": str(tmp_path), "shard_rows": 400},
@@ -210,7 +205,8 @@ def test_in_memory_chain_frames_give_the_same_bytes_as_reading_the_files(tmp_pat
 def test_minhash_reads_only_candidate_shingles_from_the_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner leaves MinHash's shingle lists out of the gathered pool and reads only the rows in
     shared buckets from the shard files; the decisions equal the stage run on the whole table."""
-    from pipeline import runner
+    runner = chains_mod
+    from pipeline.engine import steps as steps_mod
     from pipeline.stages.minhash import SHINGLES, MinHashDedup
 
     base = _load(ALPACA)
@@ -224,7 +220,7 @@ def test_minhash_reads_only_candidate_shingles_from_the_shards(tmp_path: Path, m
     call, gather = runner.ChainColumnReader.__call__, runner.gather_chains
     monkeypatch.setattr(runner.ChainColumnReader, "__call__",
                         lambda self, name, rows: asked.append((name, len(rows))) or call(self, name, rows))
-    monkeypatch.setattr(runner, "gather_chains", lambda chains, cols: gathered.append(cols) or gather(chains, cols))
+    monkeypatch.setattr(steps_mod, "gather_chains", lambda chains, cols: gathered.append(cols) or gather(chains, cols))
     res = run(cfg, run_id="lazy")
     out = pl.read_parquet(res.run_dir / "shards" / "*.parquet").sort(["source", "source_row"])
     assert gathered and all(SHINGLES not in cols for cols in gathered)
@@ -241,7 +237,7 @@ def test_chain_column_reader_returns_rows_in_the_order_asked(tmp_path: Path) -> 
     in any order and with repeats, equal a gather from the concatenated column."""
     import numpy as np
 
-    from pipeline.runner import ChainColumnReader
+    from pipeline.engine.chains import ChainColumnReader
 
     rows = _load(ALPACA)[:900]
     chains, frames = [], []

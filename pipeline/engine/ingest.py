@@ -1,0 +1,112 @@
+"""Ingest: a source streamed into canonical shards (and rejects) in the work store, keyed by content."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from pipeline.config import Config
+from pipeline.engine.chains import ShardChain
+from pipeline.engine.keys import STORE_VERSION, hkey, package_version
+from pipeline.engine.store import WorkStore
+from pipeline.io.fingerprint import file_fingerprint
+from pipeline.io.readers import SourceSpec, read_source
+from pipeline.io.shards import ShardWriter
+from pipeline.schema import CANONICAL
+
+
+def ingest_source(spec: SourceSpec, out_dir: Path, rejects_dir: Path, shard_rows: int, batch_rows: int,
+                  prefix: str = "part-", shard_mb: float | None = None) -> dict[str, Any]:
+    """Read one source into canonical shards under ``out_dir`` and rejects under ``rejects_dir``.
+
+    Shards are named ``{prefix}NNNNN.parquet`` and hold at most ``shard_rows`` rows and about
+    ``shard_mb`` MB; a source that yields no rows still gets one empty shard.
+    """
+    writer = ShardWriter(out_dir, shard_rows, CANONICAL, prefix, max_bytes=int(shard_mb * 2**20) if shard_mb else None)
+    rj = ShardWriter(rejects_dir, shard_rows, None, prefix)
+    read = rejected = 0
+    fmt = None
+    t0 = time.perf_counter()
+    for batch in read_source(spec, batch_rows):
+        writer.write(batch.rows)
+        rj.write(batch.rejects)
+        read += batch.n_read
+        rejected += batch.rejects.num_rows
+        fmt = batch.format or fmt
+    writer.close()
+    rj.close()
+    reasons: dict[str, int] = {}
+    if rejected:
+        for p in rj.paths:
+            for r, n in pl.read_parquet(p, columns=["reason"])["reason"].value_counts().iter_rows():
+                reasons[r] = reasons.get(r, 0) + n
+    return {
+        "name": spec.source_name,
+        "path": spec.path,
+        "format": fmt,
+        "read": read,
+        "rows": read - rejected,
+        "rejected": rejected,
+        "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:50]),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "shards": [str(p) for p in writer.paths],
+        "rejects": [str(p) for p in rj.paths],
+    }
+
+
+def source_specs(cfg: Config) -> list[SourceSpec]:
+    return [SourceSpec(path=str(cfg.resolve(sc.path)), name=sc.name, container=sc.container, format=sc.format,
+                       hf_builder=sc.hf_builder, hf_split=sc.hf_split) for sc in cfg.sources]
+
+
+def source_key(spec: SourceSpec, shard_rows: int, shard_mb: float | None = None, batch_rows: int | None = None,
+               fp_cache: Path | None = None) -> str:
+    """Key of a source's ingest: its content hash and every reader setting that shapes the shards
+    (``batch_rows`` too: it bounds where a shard may end)."""
+    content = file_fingerprint(spec.path, fp_cache) if spec.container != "hf_load" and Path(spec.path).exists() else "-"
+    return hkey("ingest", STORE_VERSION, package_version(), content, spec.source_name, spec.container, spec.format,
+                spec.hf_builder, spec.hf_split, json.dumps(spec.hf_kwargs, sort_keys=True, default=str), shard_rows,
+                shard_mb, batch_rows)
+
+
+@dataclass(frozen=True)
+class IngestRef:
+    """A source's ingest as stored: its stats, shard chains (named ``{prefix}NNNNN``) and rejects."""
+
+    source: dict[str, Any]
+    chains: tuple[ShardChain, ...]
+    rejects: tuple[str, ...]
+    cached: bool
+    seconds: float
+
+
+def ingest_cached(spec: SourceSpec, store: WorkStore, shard_rows: int, batch_rows: int, prefix: str,
+                  shard_mb: float | None = None) -> IngestRef:
+    """Ingest one source into the work store, or find it there (same content and reader settings)."""
+    key = source_key(spec, shard_rows, shard_mb, batch_rows, store.fingerprint_cache())
+    entry = store.ingest_dir(key)
+    cached = WorkStore.done(entry)
+    t0 = time.perf_counter()
+    if not cached:
+        tmp = WorkStore.tmp_for(entry)
+        info = ingest_source(spec, tmp, tmp / "rejects", shard_rows, batch_rows, shard_mb=shard_mb)
+        info["shards"] = [Path(p).name for p in info["shards"]]
+        info["rejects"] = [Path(p).name for p in info["rejects"]]
+        info["shard_rows"] = [pq.read_metadata(tmp / n).num_rows for n in info["shards"]]
+        WorkStore.commit(tmp, entry, info)
+    info = json.loads((entry / "_meta.json").read_text())
+    chains = tuple(
+        ShardChain(f"{prefix}{n:05d}.parquet", hkey(key, prefix, n), (str(entry / name),), rows)
+        for n, (name, rows) in enumerate(zip(info["shards"], info["shard_rows"], strict=True))
+    )
+    rejects = tuple(str(entry / "rejects" / n) for n in info["rejects"])
+    source = {k: v for k, v in info.items() if k not in ("shards", "rejects", "shard_rows")}
+    source["path"] = spec.path
+    return IngestRef(source, chains, rejects, cached, time.perf_counter() - t0)
+
