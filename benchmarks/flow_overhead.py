@@ -4,8 +4,8 @@ The same config (length, heuristics, exact dedup, MinHash dedup, Long-is-More ov
 ``t0_templated_50k.parquet``) runs with the rows cut into 10 and into 100 shards, each engine in a
 fresh process with a fresh work store (nothing cached), then once more with the store warm:
 
-* ``local``: :func:`pipeline.runner.run`, the in-process sequential loop (no orchestrator);
-* ``dask-direct`` (the peer): the same building blocks submitted straight to a local
+* ``local``: :func:`pipeline.engine.run`, the in-process engine (threads, no orchestrator);
+* ``dask-direct`` (the peer): the same driver with its steps submitted straight to a local
   ``dask.distributed`` cluster, without Prefect;
 * ``prefect-threads-1`` / ``prefect-threads-2``: the flow on the thread-pool task runner;
 * ``prefect-dask``: the flow on a local Dask cluster (2 worker processes);
@@ -74,52 +74,45 @@ def config(tmp: Path, shards: int, engine: str, data: Path = DATA, rows: int = R
     return path
 
 
+class DaskDirectExecutor:
+    """The peer: the driver's steps on raw dask.distributed futures (no Prefect) - an executor, so
+    the run is still sequenced by the one driver and only *where* steps run differs."""
+
+    name = "dask-direct"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def map(self, kind: str, fn: Any, items: Any, labels: Any, resources: Any = None) -> list[Any]:
+        return self.client.gather([self.client.submit(fn, x, pure=False) for x in items])
+
+    def log(self, message: str) -> None:
+        return None
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    def publish(self, manifest: dict[str, Any]) -> None:
+        return None
+
+
 def dask_direct(cfg_path: Path, run_id: str) -> dict[str, Any]:
-    """The peer: the pipeline's building blocks on raw dask.distributed futures (no Prefect)."""
+    """The peer: the pipeline's driver on a local dask.distributed cluster of two worker processes."""
     from distributed import Client, LocalCluster
 
-    from pipeline import runner as r
     from pipeline.config import load_config
+    from pipeline.engine import execute
 
     cfg = load_config(cfg_path)
-    t_start = time.perf_counter()
-    run_dir, run_id = r.prepare_run_dir(cfg, None, run_id)
-    stages = cfg.build_stages()
-    store = r.WorkStore(cfg.resolve(cfg.flow.work_dir))
-    plan = r.build_plan(stages, r.make_context(cfg, run_dir, store.root / "sidecars"), store.root)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl) as c:
-        t0 = time.perf_counter()
-        specs = r.source_specs(cfg)
-        refs = c.gather([c.submit(r.ingest_cached, s, store, cfg.run.shard_rows, cfg.run.read_batch_rows,
-                                  f"part-{i:03d}-", pure=False) for i, s in enumerate(specs)])
-        t_ingest = time.perf_counter() - t0
-        chains = [ch for ref in refs for ch in ref.chains]
-        tally, globals_, gref = r.StageTally(), [], None
-        for si, seg in enumerate(plan.segments):
-            res = c.gather([c.submit(r.run_segment, plan, si, ch, gref, pure=False) for ch in chains])
-            chains = [x.chain for x in res]
-            for x in res:
-                tally.add(x.stats)
-            if seg.global_stage is not None:
-                g = c.submit(r.run_global, plan, seg.global_stage, chains, pure=False).result()
-                globals_.append(g)
-                tally.add([g.stat])
-                gref = g.ref
-        t0 = time.perf_counter()
-        outcome = r.merge_outcomes(c.gather([c.submit(r.finalize_chain, ch, run_dir, pure=False) for ch in chains]))
-        t_final = time.perf_counter() - t0
-    manifest = r.start_manifest(cfg, run_id, run_dir, "dask-direct")
-    manifest = r.complete_manifest(manifest, run_dir, stages, plan, [x.source for x in refs], outcome, tally, globals_,
-                                   {"ingest_s": t_ingest, "finalize_s": t_final, "total_s": time.perf_counter() - t_start})
-    return manifest
+        return execute(cfg, DaskDirectExecutor(c), run_id=run_id).manifest
 
 
 def measure(engine: str, cfg_path: str, api_url: str | None, q: mp.Queue) -> None:
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
-    from pipeline.runner import run
-
     from pipeline.config import load_config
+    from pipeline.engine import run
 
     if engine == "dask-direct":
         import distributed  # noqa: F401 - imported before the clock starts, like the others

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -160,12 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _terminate(_sig: int, _frame: object) -> None:
+    """SIGTERM: stop like Ctrl-C (the manifest says ``interrupted``, locks are released)."""
+    from pipeline.engine.manifest import Interrupted
+
+    raise Interrupted("terminated (SIGTERM)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``curate``: a user-facing error is one ``error:`` line (the traceback only with ``--debug``)."""
     from pipeline.engine import LockHeld, RunIntegrityError
     from pipeline.engine.driver import RunExists
+    from pipeline.engine.manifest import Interrupted
 
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.fn(args))
     except (LockHeld, RunExists, RunIntegrityError, FileNotFoundError, PermissionError, ValueError) as e:
@@ -173,11 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         if args.debug:
             raise
         print("error: interrupted; rerun the same command with the same --run-id to resume", file=sys.stderr)
-        return 130
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # steps still running on worker threads write atomically: leave now instead of waiting for them
+        os._exit(130)
 
 
 if __name__ == "__main__":

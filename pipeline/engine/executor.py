@@ -119,23 +119,24 @@ class LocalExecutor:
                     if bar is not None:
                         bar.update()
                 return out
-            with ThreadPoolExecutor(self.max_workers, thread_name_prefix=f"curate-{kind}") as pool:
-                futs = [pool.submit(self._call, fn, x) for x in items]
+            pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix=f"curate-{kind}")
+            futs = [pool.submit(self._call, fn, x) for x in items]
+            try:
                 if bar is not None:
                     for f in futs:
                         f.add_done_callback(lambda _f: bar.update())
-                try:
-                    done, _ = wait(futs, return_when=FIRST_EXCEPTION)
-                    for f in done:  # the first error ends the map; queued steps are not started
-                        if f.exception() is not None:
-                            for g in futs:
-                                g.cancel()
-                            raise f.exception()  # type: ignore[misc]
-                    return [f.result() for f in futs]
-                except BaseException:
-                    for g in futs:
-                        g.cancel()
-                    raise
+                done, _ = wait(futs, return_when=FIRST_EXCEPTION)
+                for f in done:  # the first error ends the map; queued steps are not started
+                    if f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
+                return [f.result() for f in futs]
+            except BaseException:
+                # an error or an interrupt: start nothing more and do not wait for running steps
+                # (they write atomically, so abandoning them leaves nothing half-written)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            finally:
+                pool.shutdown(wait=False)
         finally:
             if bar is not None:
                 bar.close()

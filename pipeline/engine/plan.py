@@ -130,6 +130,7 @@ _INSTANCES: dict[tuple[str, int], Stage] = {}
 _SETUP_SECONDS: dict[tuple[str, int], float] = {}
 _LOCK = threading.Lock()
 MAX_LIVE_PLANS = 4
+RELEASE_WAIT_S = 5.0
 
 
 def stage_instance(plan: Plan, index: int) -> tuple[Stage, float]:
@@ -164,10 +165,17 @@ def _evict(k: tuple[str, int]) -> None:
 
 
 def release_stage(plan: Plan, index: int | None = None) -> None:
-    """Tear down this process's instance(s) of the plan's stages (all when ``index`` is None)."""
-    with _LOCK:
+    """Tear down this process's instance(s) of the plan's stages (all when ``index`` is None).
+
+    Gives up after ``RELEASE_WAIT_S`` when another thread holds the instance lock (a model still
+    loading on a worker thread after an interrupt): an interrupted run must not wait for it."""
+    if not _LOCK.acquire(timeout=RELEASE_WAIT_S):
+        return
+    try:
         for k in [k for k in _INSTANCES if k[0] == plan.token and (index is None or k[1] == index)]:
             _evict(k)
+    finally:
+        _LOCK.release()
 
 
 def local_instances(plan: Plan) -> dict[int, Stage]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -160,3 +161,31 @@ def test_inspect_and_export_refuse_a_run_whose_files_changed(tmp_path: Path) -> 
         p = subprocess.run([*CURATE, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and p.stderr.startswith("error:") and victim.name in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_local_run_stops_at_once_and_says_so(tmp_path: Path, sig: int) -> None:
+    """Ctrl-C or SIGTERM during a long embedding stage: the process ends within seconds with one
+    error line, the manifest says ``interrupted``, and the run's lock is free for the rerun."""
+    rows = _gsm8k("gsm8k_train.jsonl.gz", 3000)
+    src = _jsonl(tmp_path / "gsm.jsonl", rows)
+    cfg = _config(tmp_path / "c.yaml", {
+        "run": {"name": "i", "out": str(tmp_path / "runs"), "shard_rows": 500, "device": "cpu", "report": False},
+        "sources": [{"path": str(src)}],
+        "stages": [{"stage": "length"}, {"stage": "semantic_dedup", "model": "minilm", "eps": 0.05}],
+    })
+    run_dir = tmp_path / "runs" / "i1"
+    proc = _start("run", str(cfg), "--engine", "local", "--run-id", "i1", "--quiet")
+    _wait_for_manifest(run_dir, proc)
+    time.sleep(4)  # well inside the embedding stage
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 20
+    assert proc.returncode == 130, err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        "error: interrupted; rerun the same command with the same --run-id to resume"]
+    assert "Traceback" not in err
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    with DirLock(run_dir, "run i1"):
+        pass
