@@ -175,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.engine import LockHeld, RunIntegrityError
     from pipeline.engine.driver import RunExists
     from pipeline.engine.manifest import Interrupted
+    from pipeline.io.readers import SourceError
 
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.fn(args))
-    except (LockHeld, RunExists, RunIntegrityError, FileNotFoundError, PermissionError, ValueError) as e:
+    except (LockHeld, RunExists, RunIntegrityError, SourceError, FileNotFoundError, PermissionError, ValueError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
