@@ -85,6 +85,9 @@ def pool_task(fn: Callable[[Any], Any], batch: Sequence[Any], label: str) -> Any
     return _call_batch(fn, batch, label)
 
 
+#: seconds between progress lines of one long task in the task-run log
+PROGRESS_LOG_S = 10.0
+
 TASKS = {"ingest": ingest_task, "shard": shard_task, "global": global_task, "finalize": finalize_task,
          "pool": pool_task}
 BATCHED = ("shard", "finalize", "pool")
@@ -214,6 +217,36 @@ class PrefectExecutor:
 
         return {"prefect": {"flow_run_id": flow_run.get_id(), "flow_run_name": flow_run.get_name(),
                             "parent_flow_run_id": flow_run.get_parent_flow_run_id()}}
+
+    @contextlib.contextmanager
+    def progress_sink(self) -> Iterator[None]:
+        """Row-level progress of long stages as task-run log lines every ``PROGRESS_LOG_S`` seconds
+        (rate, ETA) and one Prefect progress artifact per task (percent), so the UI moves during a
+        long LM stage instead of going silent."""
+        from pipeline import progress
+
+        artifacts: dict[str, Any] = {}
+        fallback = logging.getLogger("sft_curate.progress")
+
+        def emit(t: Any, finished: bool) -> None:
+            try:
+                logger: Any = get_run_logger()
+            except Exception:  # noqa: BLE001 - a thread outside any run context
+                logger = fallback
+            logger.info("%s", t.line())
+            pct = 100.0 * t.done / t.total if t.total else 0.0
+            try:
+                from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+                if t.name not in artifacts:
+                    artifacts[t.name] = create_progress_artifact(progress=pct, description=t.name)
+                else:
+                    update_progress_artifact(artifacts[t.name], progress=pct)
+            except Exception:  # noqa: BLE001 - progress must never fail a run
+                pass
+
+        with progress.sink(emit, interval=PROGRESS_LOG_S):
+            yield
 
     def publish(self, manifest: dict[str, Any]) -> None:
         from prefect.artifacts import create_markdown_artifact

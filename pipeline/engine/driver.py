@@ -290,7 +290,8 @@ def execute(cfg: Config, ex: Executor, out: str | Path | None = None, run_id: st
         locks.enter_context(DirLock(layout.run_dir, f"run {layout.run_id}"))
         _clean_outputs(layout.run_dir)
         manifest = start_manifest(cfg, layout.run_id, layout.run_dir, ex.name)
-        with failure_recorded(manifest, layout.run_dir):
+        sink = getattr(ex, "progress_sink", contextlib.nullcontext)
+        with failure_recorded(manifest, layout.run_dir), sink():
             store = WorkStore(layout.work)
             store.sweep_temps()
             if layout.home is not None:
@@ -299,15 +300,22 @@ def execute(cfg: Config, ex: Executor, out: str | Path | None = None, run_id: st
                 manifest = run_night(ex, cfg, layout, store, manifest, input_dir, t_start)
             else:
                 manifest = _batch(ex, cfg, layout, store, manifest, t_start)
-            c = manifest["counts"]
-            ex.log(f"read {c['read']:,} = kept {c['kept']:,} + dropped {c['dropped']:,} + rejected "
-                   f"{c['rejected']:,} ({'balanced' if c['balanced'] else 'UNBALANCED'}); selected {c['selected']:,}")
+            _log_counts(ex, manifest)
         result = RunResult(layout.run_dir, manifest)
         if finish and manifest["status"] == "complete":
             result.finish = finish_run(layout.run_dir, cfg, ex.log)
             result.manifest = json.loads((layout.run_dir / "manifest.json").read_text())
         ex.publish(result.manifest)
         return result
+
+
+def _log_counts(ex: Executor, manifest: dict[str, Any]) -> None:
+    c = manifest["counts"]
+    ex.log(f"read {c['read']} = kept {c['kept']} + dropped {c['dropped']} + rejected {c['rejected']} "
+           f"({'balanced' if c['balanced'] else 'UNBALANCED'}); selected {c['selected']}")
+    for s in manifest["stages"]:
+        ex.log(f"  {s['name']:<20} dropped {s['dropped']:>8}  {s['seconds']:>8.2f}s  "
+               f"{s.get('cache_hits', 0)}/{s.get('steps', 0)} steps cached")
 
 
 def finish_run(run_dir: Path, cfg: Config, log: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -10,13 +10,16 @@ through the engine registry (:func:`engine_runner`) so ``pipeline`` never import
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from importlib import metadata
 from typing import Any, Protocol, TypeVar
 
+from pipeline import progress
 from pipeline.engine.steps import is_transient
 from pipeline.stages.base import Resources
 
@@ -59,6 +62,10 @@ class Executor(Protocol):
 
     def publish(self, manifest: dict[str, Any]) -> None:
         """Show the finished manifest where the engine shows results (a Prefect artifact)."""
+        ...
+
+    def progress_sink(self) -> AbstractContextManager[Any]:
+        """While a run is inside: where the stages' row-level progress goes (:mod:`pipeline.progress`)."""
         ...
 
 
@@ -150,6 +157,19 @@ class LocalExecutor:
 
     def publish(self, manifest: dict[str, Any]) -> None:
         return None
+
+    @contextlib.contextmanager
+    def progress_sink(self) -> Iterator[None]:
+        """Terminal bars per long task (rate, ETA) when ``progress`` is on."""
+        if not self.progress:
+            yield
+            return
+        bars = progress.TerminalBars()
+        try:
+            with progress.sink(bars, interval=0.5):
+                yield
+        finally:
+            bars.close()
 
 
 # ---------------------------------------------------------------- the engine registry

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline import progress
 from pipeline.scoring.batching import pack_batches, padded_tokens, truncate_plan
 from pipeline.scoring.protocol import BackendSpec, normalize_requests, request_limits, response_table
 
@@ -226,6 +227,7 @@ class HFBackend:
             lp[i], e, r = out[j]
             ent[i] = e if prep["entropy"][i] else None
             rat[i] = r
+        progress.advance_current(len(idx))
 
     def _free_memory(self) -> None:
         import torch

@@ -36,6 +36,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from pipeline import progress
 from pipeline.scoring import backend as backends
 from pipeline.scoring.cache import ScoreCache, template_hash
 from pipeline.scoring.protocol import Backend, BackendSpec, make_requests
@@ -282,9 +283,14 @@ class LMStage(Stage):
         parts = [have] if have is not None and have.height else []
         if missing.height:
             keys, requests = build(missing)
+            task = f"{self.name}: {cache.kind} pass"
+            progress.expect(task, requests.num_rows)
             for s in range(0, requests.num_rows, self.params.chunk_rows):
                 k = keys.slice(s, self.params.chunk_rows)
-                got = finish(self._execute(k, requests.slice(s, self.params.chunk_rows)))
+                with progress.within(task) as reported:  # an in-process backend reports per batch
+                    resp = self._execute(k, requests.slice(s, self.params.chunk_rows))
+                progress.advance(task, k.height - reported[0])  # a worker backend: per chunk
+                got = finish(resp)
                 ok = got.filter(pl.col("error").is_null())
                 cache.put(ok)
                 self._counts["units_computed"] += got.height

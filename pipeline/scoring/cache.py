@@ -37,6 +37,7 @@ class ScoreCache:
 
     def __init__(self, root: Path | str | None, kind: str, model_id: str, template: str) -> None:
         self.dir = Path(root) / kind / model_id / template if root is not None else None
+        self.kind = kind
         self.hits = 0
         self.writes = 0
 

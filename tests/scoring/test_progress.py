@@ -1,0 +1,32 @@
+"""Row-level progress of LM scoring inside a real run: announced, advanced per batch, finished."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline import progress
+from pipeline.config import load_config
+from pipeline.engine import run
+
+
+def test_lm_scoring_reports_rows_as_batches_finish(smol, pool, tmp_path, max_tokens) -> None:
+    src = tmp_path / "pool.jsonl"
+    pool = pool.head(12)
+    src.write_text("".join(json.dumps({"messages": m}) + "\n" for m in pool["messages"].to_list()))
+    cfg = load_config({
+        "run": {"name": "p", "out": str(tmp_path / "runs"), "shard_rows": 8, "report": False},
+        "sources": [{"path": str(src)}],
+        "stages": [{"stage": "perplexity", "max_tokens": max_tokens, "max_batch_size": 2, "cache": False}],
+    })
+    seen: list[tuple[str, int, int, bool]] = []
+    with progress.sink(lambda t, fin: seen.append((t.name, t.done, t.total, fin)), interval=0.0):
+        res = run(cfg, run_id="p", max_workers=1)
+    assert res.manifest["status"] == "complete"
+    lik = [s for s in seen if s[0].startswith("perplexity: ")]
+    assert lik, seen
+    done = [d for _, d, _, _ in lik]
+    assert done == sorted(done) and len(set(done)) > 3, "advanced batch by batch, never backwards"
+    name, last_done, last_total, finished = lik[-1]
+    assert finished and last_done == last_total >= pool.height  # one unit per assistant turn
+    line = progress.Task(name, last_total, last_done, started=0.0).line()
+    assert f"{last_done:,}/{last_total:,} (100%)" in line
