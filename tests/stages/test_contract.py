@@ -387,3 +387,68 @@ def test_global_step_on_the_gathered_frame(name: str, runs: Runs) -> None:
     glob = [c for c, spec in st.writes().items() if spec.phase == "global" and c in full.columns]
     assert glob, "a global stage declares the columns its global step writes"
     assert_frame_equal(g2.select(glob), full.select(glob))
+
+
+# ---------------------------------------------------------------- the declaration itself
+
+
+def test_a_malformed_stage_fails_when_its_class_is_defined() -> None:
+    from pipeline.stages.base import Col, StageParams
+    from pipeline.stages.contract import StageDefinitionError
+
+    with pytest.raises(StageDefinitionError, match="role must be one of"):
+        type("Bad", (Stage,), {"name": "bad", "columns": {"x": Col(pl.Int64, "sco")}})
+    with pytest.raises(StageDefinitionError, match="phase 'global' but the stage's scope is 'row'"):
+        type("Bad", (Stage,), {"name": "bad", "columns": {"x": Col(pl.Int64, "score", "global")}})
+    with pytest.raises(StageDefinitionError, match="a global stage declares each column as Col"):
+        type("Bad", (Stage,), {"name": "bad", "scope": "global", "columns": {"x": pl.Int64}})
+    with pytest.raises(StageDefinitionError, match="declare a Polars dtype or Col"):
+        type("Bad", (Stage,), {"name": "bad", "columns": {"x": int}})
+    with pytest.raises(StageDefinitionError, match="not a Polars dtype"):
+        type("Bad", (Stage,), {"name": "bad", "columns": {"x": Col(int)}})
+    with pytest.raises(StageDefinitionError, match="canonical or a decision column"):
+        type("Bad", (Stage,), {"name": "bad", "columns": {"keep": pl.Boolean}})
+    with pytest.raises(StageDefinitionError, match="only selectors"):
+        type("Bad", (Stage,), {"name": "bad", "columns": {"selected": pl.Boolean}})
+    with pytest.raises(StageDefinitionError, match="global_inputs must be a method"):
+        type("Bad", (Stage,), {"name": "bad", "global_inputs": ("id",)})
+    with pytest.raises(StageDefinitionError, match="global_inputs must be a method"):
+        type("Bad", (Stage,), {"name": "bad", "global_inputs": property(lambda self: ("id",))})
+    with pytest.raises(StageDefinitionError, match="not a field of"):
+        type("Bad", (Stage,), {"name": "bad", "input_params": ("column",)})
+    with pytest.raises(StageDefinitionError, match="lower_snake_case"):
+        type("Bad", (Stage,), {"name": "Bad Stage"})
+    with pytest.raises(StageDefinitionError, match="reason_prefix"):
+        type("Bad", (Stage,), {"name": "bad", "reason_prefix": "bad:x"})
+    with pytest.raises(StageDefinitionError, match="Params must be"):
+        type("Bad", (Stage,), {"name": "bad", "Params": dict})
+
+    class P(StageParams):
+        column: str = "ifd"
+
+    ok = type("Good", (Stage,), {"name": "good", "Params": P, "input_params": ("column",),
+                                 "columns": {"good_x": pl.Float64, "good_ok": pl.Boolean, "good_tag": pl.String}})
+    assert ok.reason_prefix == "good" and ok.columns == {"good_x": pl.Float64, "good_ok": pl.Boolean, "good_tag": pl.String}
+    c = ok().contract()
+    assert c["requires"] == ["ifd"] and c["writes"]["good_x"] == {"type": "Float64", "role": "score", "phase": "row"}
+    assert c["writes"]["good_ok"]["role"] == "flag" and c["writes"]["good_tag"]["role"] == "internal"
+    assert ok().summary() is None and ok().models() is None
+
+
+def test_manifest_helpers_read_the_contract(work: Path) -> None:
+    from pipeline.stages.contract import column_roles, global_writes, reason_owners, stage_of_reason
+
+    stages = [{"name": n, "contract": _build(n, work).contract()} for n in ("length", "exact_dedup", "decontaminate",
+                                                                           "minhash_dedup", "kmq")]
+    assert stage_of_reason("exact:dup", stages) == 1
+    assert stage_of_reason("decontam:gsm8k_test:12", stages) == 2
+    assert stage_of_reason("minhash:dup", stages) == 3
+    assert stage_of_reason("length:response_tokens<20", stages) == 0
+    assert stage_of_reason("ifd:>1.0", stages) is None and stage_of_reason(None, stages) is None
+    # an older manifest without the contract: the registered class's prefix
+    assert stage_of_reason("exact:dup", [{"name": "length"}, {"name": "exact_dedup"}]) == 1
+    assert reason_owners(stages)["decontam"] == 2
+    roles = column_roles(stages)
+    assert roles["len_response_tokens"] == "score" and roles["exact_hash"] == "internal" and roles["selected"] == "flag"
+    assert set(global_writes(stages[1])) == {"dup_of", "dup_kind", "dup_of_source", "dup_of_row"}
+    assert "exact_hash" not in global_writes(stages[1])
