@@ -3,7 +3,9 @@
 A config names its sources and an ordered list of stages; each stage entry is ``stage: NAME`` plus
 that stage's params (see the stage's ``Params`` model). Relative paths are resolved against the
 config file's directory. A wrong key, type or value raises :class:`ConfigError` whose message
-names the field (``stages[2] (minhash_dedup).threshold``) and what is allowed.
+names the field (``stages[2] (minhash_dedup).threshold``) and what is allowed. A stage that needs
+a column no earlier stage writes (``select_top_k`` by ``ifd`` with no ``ifd`` stage before it)
+fails the same way, naming the stage, the column and the stage that would write it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.io.formats import FORMATS
 from pipeline.io.readers import CONTAINERS
 from pipeline.stages import available_stages, get_stage
 from pipeline.stages.base import Stage
+from pipeline.stages.contract import check_columns, check_state_names
 
 
 class ConfigError(ValueError):
@@ -181,6 +184,25 @@ def _error_lines(err: ValidationError, raw: dict[str, Any], prefix: tuple[Any, .
     return lines
 
 
+def _check_stage_chain(cfg: Config) -> list[str]:
+    """The checks that need the configured stages: each builds, each one's required columns are
+    written by an earlier stage (or canonical), and a stateful stage is not listed twice in a run
+    that keeps state (see :mod:`pipeline.stages.contract`)."""
+    problems: list[str] = []
+    built: list[Stage] = []
+    for i, entry in enumerate(cfg.stages):
+        try:
+            built.append(get_stage(entry.stage)(entry.params(), base_dir=cfg.base_dir))
+        except (ValueError, TypeError) as e:
+            problems.append(f"stages[{i}] ({entry.stage}): {e}")
+    if problems:
+        return problems
+    problems += check_columns(built)
+    if cfg.run.save_state or cfg.flow.incremental is not None:
+        problems += check_state_names(built)
+    return problems
+
+
 def load_config(source: str | Path | dict[str, Any], base_dir: str | Path | None = None) -> Config:
     """Parse and validate a config (a YAML path or a dict). Raises :class:`ConfigError`."""
     where = "config"
@@ -210,6 +232,8 @@ def load_config(source: str | Path | dict[str, Any], base_dir: str | Path | None
             cls.Params.model_validate(entry.params(), context={"base_dir": str(base)})
         except ValidationError as e:
             problems += _error_lines(e, raw, ("stages", i), allowed=sorted(cls.Params.model_fields))
+    if not problems:
+        problems += _check_stage_chain(cfg)
     for i, src in enumerate(cfg.sources):
         if src.container in ("auto", "jsonl", "json", "parquet", "hf_disk") and not cfg.resolve(src.path).exists():
             problems.append(f"sources[{i}].path: no such file or directory: {cfg.resolve(src.path)}")

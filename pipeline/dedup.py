@@ -40,7 +40,7 @@ from pydantic import Field
 from pipeline._nfkc import NFKC_MAY_CHANGE
 from pipeline._wordsep import separator_bits
 from pipeline.io.shards import write_parquet_atomic
-from pipeline.stages.base import RunContext, Stage, StageParams, drop_where
+from pipeline.stages.base import Col, RunContext, Stage, StageParams, drop_where
 from pipeline.text import text_expr
 
 DUP_COLUMNS: dict[str, Any] = {
@@ -55,6 +55,8 @@ DedupKey = Literal["instruction", "response", "conversation", "first_instruction
 
 RESPONSE_CHARS = "len_response_chars"  # written by the length stage; computed here when absent
 SCRATCH_RESPONSE_CHARS = "_dedup_response_chars"
+#: the scratch column :func:`response_chars` adds (only when the length stage did not run)
+DEDUP_SCRATCH: dict[str, Col] = {SCRATCH_RESPONSE_CHARS: Col(pl.Int64, "internal", "row")}
 
 #: Fixed seeds: hashes must be identical across processes and runs (incremental state).
 HASH_SEED = 0x5F7C_2A11
@@ -616,6 +618,10 @@ class DedupStage(Stage):
 
     kind: ClassVar[str] = ""  # dup_kind written on duplicates; subclasses also set reason_prefix
     scope = "global"
+    Params: ClassVar[type[StageParams]] = KeeperParams
+    requires_columns = ("messages", "id")  # the key text; dup_of points at the keeper's id
+    uses_columns = (RESPONSE_CHARS, *DUP_COLUMNS)  # the keeper policy; an earlier dedup's pointers
+    input_params = ("keeper_column",)
     dedup_inputs: ClassVar[tuple[str, ...]] = ()
     state_params: ClassVar[tuple[str, ...]] = ()
     state_tables: ClassVar[tuple[str, ...]] = ()
@@ -631,8 +637,7 @@ class DedupStage(Stage):
         self._state_dir: Path | None = None
         self._summary: dict[str, Any] = {}
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         return ("id", *self.dedup_inputs, *keeper_inputs(self.params), *DUP_COLUMNS)  # type: ignore[arg-type]
 
     def state_key(self) -> dict[str, Any]:

@@ -64,3 +64,54 @@ def test_relative_paths_resolve_against_the_config(tmp_path: Path, sample_dir: P
     cfg = load_config(p)
     assert cfg.resolve(cfg.sources[0].path) == (tmp_path / "d" / "a.json").resolve()
     assert cfg.config_hash() == load_config(p).config_hash()
+
+
+@pytest.mark.parametrize(
+    ("stages", "needle"),
+    [
+        # a selector by a score no stage writes: names the selector, its field, the column and the stage to add
+        ([{"stage": "length"}, {"stage": "select_top_k", "budget": 5, "column": "ifd"}],
+         "stages[1] (select_top_k).column: needs column 'ifd', which no earlier stage writes; stage 'ifd' writes it: "
+         "add it before stages[1]"),
+        # the writer is listed, but after the reader
+        ([{"stage": "kmq", "budget": 5, "score": "deita_score"}, {"stage": "deita"}],
+         "stages[0] (kmq).score: needs column 'deita_score', which no earlier stage writes; stages[1] (deita) writes "
+         "it but runs later"),
+        # long_is_more declares that it needs the length stage's counts (it used to recompute them silently)
+        ([{"stage": "heuristics"}, {"stage": "long_is_more", "budget": 5}],
+         "stages[1] (long_is_more).by: needs column 'len_response_tokens'"),
+        # a token budget reads the token column
+        ([{"stage": "select_random", "budget": 100, "budget_unit": "tokens"}],
+         "stages[0] (select_random).token_column: needs column 'len_response_tokens'"),
+        ([{"stage": "length"}, {"stage": "kmq", "budget": 5, "score": "deita_scor"}],
+         "no stage writes it (did you mean 'deita_score'?)"),
+        ([{"stage": "length"}, {"stage": "cluster", "summary_columns": ["len_response_tokens", "ppl"]}],
+         "stages[1] (cluster).summary_columns: needs column 'ppl'"),
+        ([{"stage": "exact_dedup", "keeper": "score", "keeper_column": "judge_yes_prob"}],
+         "stages[0] (exact_dedup).keeper_column: needs column 'judge_yes_prob'"),
+        # a check in the stage's constructor is a config error too
+        ([{"stage": "perplexity", "decide_on": "ppl_model"}], "stages[0] (perplexity): perplexity: decide_on must be"),
+    ],
+)
+def test_columns_a_stage_needs_are_checked_before_any_work(sample_dir: Path, stages: list, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config({"sources": _src(sample_dir), "stages": stages})
+    assert needle in str(e.value)
+
+
+def test_columns_written_by_earlier_stages_pass(sample_dir: Path) -> None:
+    cfg = load_config({"sources": _src(sample_dir), "stages": [
+        {"stage": "length"}, {"stage": "ifd"}, {"stage": "select_top_k", "budget": 5, "column": "ifd"},
+        {"stage": "select_random", "budget": 100, "budget_unit": "tokens"}, {"stage": "long_is_more", "budget": 3}]})
+    assert [s.stage for s in cfg.stages][-1] == "long_is_more"
+
+
+def test_a_stateful_stage_twice_in_a_run_that_keeps_state(sample_dir: Path) -> None:
+    twice = [{"stage": "exact_dedup"}, {"stage": "length"}, {"stage": "exact_dedup", "key": "instruction"}]
+    load_config({"sources": _src(sample_dir), "stages": twice})  # without state: fine
+    with pytest.raises(ConfigError) as e:
+        load_config({"sources": _src(sample_dir), "stages": twice, "run": {"save_state": True}})
+    assert "stages[2] (exact_dedup): listed twice (also stages[0])" in str(e.value)
+    # stateless stages may repeat
+    load_config({"sources": _src(sample_dir), "stages": [{"stage": "length"}, {"stage": "length"}],
+                 "run": {"save_state": True}})

@@ -41,7 +41,7 @@ from pipeline.scoring import backend as backends
 from pipeline.scoring.cache import ScoreCache, template_hash
 from pipeline.scoring.protocol import Backend, BackendSpec, make_requests
 from pipeline.scoring.render import ChatRenderer, turn_instructions, turn_responses
-from pipeline.stages.base import Resources, RunContext, Stage, StageParams, drop_where, to_polars
+from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams, drop_where, to_polars
 
 TurnAgg = Literal["mean", "first", "last", "min", "max", "sum"]
 
@@ -152,6 +152,7 @@ class LMStage(Stage):
     main: ClassVar[str] = ""
     label: ClassVar[str] = ""
     resources = Resources(cpus=1.0, gpus=0.0, memory_gb=2.0, loads_model=True)
+    requires_columns = ("id", "messages")  # rows are scored once per id, from their messages
     #: stage-specific global inputs (on top of the decision column)
     extra_global_inputs: ClassVar[tuple[str, ...]] = ()
     always_global: ClassVar[bool] = False
@@ -181,9 +182,16 @@ class LMStage(Stage):
     def decide_col(self) -> str:
         return self.params.decide_on or self.main
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.decide_col, *self.extra_global_inputs)))
+
+    def writes(self) -> dict[str, Col]:
+        out = super().writes()
+        p = self.params
+        for q, alias in ((p.drop_above_quantile, "_qhi"), (p.drop_below_quantile, "_qlo")):
+            if q is not None:  # the pool-quantile verdict, set by the global step for decide
+                out[f"_{self.name}{alias}"] = Col(pl.Boolean, "internal", "global")
+        return out
 
     def backend_spec(self) -> BackendSpec:
         p = self.params

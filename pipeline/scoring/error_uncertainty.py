@@ -43,7 +43,7 @@ import polars as pl
 from pydantic import Field
 
 from pipeline.scoring.base import LMParams, LMStage, aggregate_turns, lm_function, per_row, turn_units
-from pipeline.stages.base import drop_where
+from pipeline.stages.base import Col, drop_where
 
 Quadrant = Literal["Q1", "Q2", "Q3", "Q4"]
 
@@ -91,18 +91,19 @@ class ErrorUncertainty(LMStage):
     Params = ErrorUncertaintyParams
     prefix, main, label = "eu", "eu_nll", "nll"
     always_global = True
+    scope = "global"
     extra_global_inputs = ("eu_nll", "eu_entropy")
     columns = {
-        "eu_nll": pl.Float64,
-        "eu_entropy": pl.Float64,
-        "eu_nll_turns": pl.List(pl.Float64),
-        "eu_entropy_turns": pl.List(pl.Float64),
-        "eu_tokens": pl.Int64,
-        "eu_quadrant": pl.String,
-        "eu_triage_keep": pl.Boolean,
-        "eu_truncated": pl.Boolean,
-        "eu_model": pl.String,
-        "eu_template": pl.String,
+        "eu_nll": Col(pl.Float64, "score", "row"),
+        "eu_entropy": Col(pl.Float64, "score", "row"),
+        "eu_nll_turns": Col(pl.List(pl.Float64), "internal", "row"),
+        "eu_entropy_turns": Col(pl.List(pl.Float64), "internal", "row"),
+        "eu_tokens": Col(pl.Int64, "score", "row"),
+        "eu_quadrant": Col(pl.String, "internal", "global"),
+        "eu_triage_keep": Col(pl.Boolean, "flag", "global"),
+        "eu_truncated": Col(pl.Boolean, "flag", "row"),
+        "eu_model": Col(pl.String, "internal", "row"),
+        "eu_template": Col(pl.String, "internal", "row"),
     }
 
     def compute(self, conv: pl.DataFrame) -> pl.DataFrame:

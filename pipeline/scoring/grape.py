@@ -25,7 +25,7 @@ from typing import Literal
 import polars as pl
 
 from pipeline.scoring.base import LMParams, LMStage, aggregate_turns, lm_function, per_row, turn_units
-from pipeline.stages.base import drop_where
+from pipeline.stages.base import Col, drop_where
 from pipeline.text import normalize_expr
 
 
@@ -55,17 +55,18 @@ class Grape(LMStage):
     Params = GrapeParams
     prefix, main, label = "grape", "grape_loglik", "loglik"
     always_global = True
+    scope = "global"
     extra_global_inputs = ("grape_loglik", "grape_group")
     columns = {
-        "grape_loglik": pl.Float64,
-        "grape_loglik_turns": pl.List(pl.Float64),
-        "grape_tokens": pl.Int64,
-        "grape_group": pl.UInt64,
-        "grape_group_size": pl.Int64,
-        "grape_best": pl.Boolean,
-        "grape_truncated": pl.Boolean,
-        "grape_model": pl.String,
-        "grape_template": pl.String,
+        "grape_loglik": Col(pl.Float64, "score", "row"),
+        "grape_loglik_turns": Col(pl.List(pl.Float64), "internal", "row"),
+        "grape_tokens": Col(pl.Int64, "score", "row"),
+        "grape_group": Col(pl.UInt64, "internal", "row"),
+        "grape_group_size": Col(pl.Int64, "internal", "global"),
+        "grape_best": Col(pl.Boolean, "flag", "global"),
+        "grape_truncated": Col(pl.Boolean, "flag", "row"),
+        "grape_model": Col(pl.String, "internal", "row"),
+        "grape_template": Col(pl.String, "internal", "row"),
     }
 
     def template_spec(self) -> dict:

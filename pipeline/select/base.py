@@ -24,9 +24,10 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import RunContext, Stage, StageParams, to_polars
+from pipeline.stages.base import Col, RunContext, Stage, StageParams, to_polars
 
-SELECT_COLUMNS = {"selected": pl.Boolean, "select_reason": pl.String, "select_rank": pl.Int64}
+SELECT_COLUMNS = {"selected": Col(pl.Boolean, "flag", "global"), "select_reason": Col(pl.String, "internal", "global"),
+                  "select_rank": Col(pl.Int64, "internal", "global")}
 
 
 class SelectParams(StageParams):
@@ -88,7 +89,12 @@ class Selector(Stage):
     scope = "global"
     is_selector = True
     columns = SELECT_COLUMNS
+    uses_columns = tuple(SELECT_COLUMNS)  # an earlier selector's picks: candidates and kept values
     Params = SelectParams
+
+    def requires(self) -> tuple[str, ...]:
+        tok = (self.params.token_column,) if self.params.budget_unit == "tokens" else ()
+        return tuple(dict.fromkeys([*super().requires(), *tok]))
 
     def rank(self, df: pl.DataFrame, cand: np.ndarray) -> np.ndarray:
         """Candidate row indices, best first. Selectors override this or :meth:`select`."""
@@ -134,9 +140,9 @@ class VectorSelector(Selector):
     rows, the global step reads the vectors back by ``id`` (in memory, it embeds directly)."""
 
     Params = VectorSelectParams
+    requires_columns = ("messages", "id")  # the text embedded; vectors are stored by id
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         return ("id",)
 
     @property

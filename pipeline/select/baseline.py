@@ -25,7 +25,10 @@ class RandomParams(SelectParams):
 class RandomSelect(Selector):
     name = "select_random"
     Params = RandomParams
-    global_inputs = ("id",)
+    requires_columns = ("id",)  # the canonical order the permutation is drawn over
+
+    def global_inputs(self) -> tuple[str, ...]:
+        return ("id",)
 
     def rank(self, df: pl.DataFrame, cand: np.ndarray) -> np.ndarray:
         idx = np.flatnonzero(cand)
@@ -47,9 +50,9 @@ class TopKSelect(Selector):
 
     name = "select_top_k"
     Params = TopKParams
+    input_params = ("column",)
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         return (self.params.column,)
 
     def rank(self, df: pl.DataFrame, cand: np.ndarray) -> np.ndarray:

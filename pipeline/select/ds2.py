@@ -45,7 +45,7 @@ from pipeline.select.base import (
     run_in_memory,
     take_budget,
 )
-from pipeline.stages.base import RunContext
+from pipeline.stages.base import Col, RunContext
 
 
 class DS2Params(VectorSelectParams):
@@ -107,10 +107,11 @@ class DS2(VectorSelector):
 
     name = "ds2"
     Params = DS2Params
-    columns = {**SELECT_COLUMNS, "ds2_rating": pl.Int64, "ds2_confidence": pl.Float32, "ds2_long_tail": pl.Float32}
+    columns = {**SELECT_COLUMNS, "ds2_rating": Col(pl.Int64, "score", "global"),
+               "ds2_confidence": Col(pl.Float32, "score", "global"), "ds2_long_tail": Col(pl.Float32, "score", "global")}
+    input_params = ("rating",)
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         return ("id", self.params.rating)
 
     def _codes(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ from pipeline.select.base import (
     run_in_memory,
     take_budget,
 )
-from pipeline.stages.base import RunContext
+from pipeline.stages.base import Col, RunContext
 
 
 class KMQParams(VectorSelectParams):
@@ -88,10 +88,10 @@ class KMQ(VectorSelector):
 
     name = "kmq"
     Params = KMQParams
-    columns = {**SELECT_COLUMNS, "kmq_cluster": pl.Int64}
+    columns = {**SELECT_COLUMNS, "kmq_cluster": Col(pl.Int64, "internal", "global")}
+    input_params = ("score", "cluster_column")
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         p = self.params
         return tuple(c for c in ("id", p.score, p.cluster_column) if c)
 

@@ -3,8 +3,9 @@
 Zhao et al., "Long Is More for Alignment: A Simple but Tough-to-Beat Baseline for Instruction
 Fine-Tuning" (ICML 2024): the 1k longest responses of an instruction pool beat LIMA and AlpaGasus
 selections. Length is measured in response tokens (``len_response_tokens`` from the length stage)
-or characters (``len_response_chars``); ties are broken by input order, so the result is
-deterministic.
+or characters (``len_response_chars``), so a length stage must run before it (a config without
+one fails validation, naming both); the plain function adds the counts to a bare table itself.
+Ties are broken by input order, so the result is deterministic.
 """
 
 from __future__ import annotations
@@ -26,22 +27,25 @@ class LongIsMoreParams(SelectParams):
 class LongIsMore(Selector):
     name = "long_is_more"
     Params = LongIsMoreParams
+    input_params = ("by",)  # a length column: put a length stage before it
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         return (self.params.by,)
 
-    def score(self, df: pl.DataFrame) -> pl.DataFrame:
-        if self.params.by not in df.columns:  # usable on a bare table
-            df = Length(min_response_tokens=None).score(df)
-        return df
-
     def rank(self, df: pl.DataFrame, cand: np.ndarray) -> np.ndarray:
+        if self.params.by not in df.columns:
+            raise ValueError(f"long_is_more: column {self.params.by!r} not in table; run the length stage first")
         idx = np.flatnonzero(cand)
         length = df[self.params.by].to_numpy()[idx]
         return idx[np.argsort(-length, kind="stable")]
 
 
 def long_is_more(table: Any, budget: int, **params: Any) -> pl.DataFrame:
-    """Select the ``budget`` rows with the longest responses (Long-is-More)."""
-    return LongIsMore(budget=budget, **params)(to_polars(table))
+    """Select the ``budget`` rows with the longest responses (Long-is-More).
+
+    On a table without the length column (``by``), the length stage's counts are added first."""
+    stage = LongIsMore(budget=budget, **params)
+    df = to_polars(table)
+    if stage.params.by not in df.columns:
+        df = Length(min_response_tokens=None).score(df)
+    return stage(df)

@@ -37,7 +37,7 @@ from pipeline.select.base import (
     run_in_memory,
     take_budget,
 )
-from pipeline.stages.base import LocalPath, RunContext
+from pipeline.stages.base import Col, LocalPath, RunContext
 
 
 class RDSParams(VectorSelectParams):
@@ -93,7 +93,7 @@ class RDSPlus(VectorSelector):
 
     name = "rds_plus"
     Params = RDSParams
-    columns = {**SELECT_COLUMNS, "rds_score": pl.Float32}
+    columns = {**SELECT_COLUMNS, "rds_score": Col(pl.Float32, "score", "global")}
 
     def setup(self, ctx: RunContext | None = None) -> None:
         super().setup(ctx)

@@ -39,7 +39,7 @@ from pipeline.select.base import (
     run_in_memory,
     take_budget,
 )
-from pipeline.stages.base import RunContext
+from pipeline.stages.base import Col, RunContext
 
 
 class ReprFilterParams(VectorSelectParams):
@@ -115,10 +115,10 @@ class ReprFilter(VectorSelector):
 
     name = "repr_filter"
     Params = ReprFilterParams
-    columns = {**SELECT_COLUMNS, "repr_nn_sim": pl.Float32}
+    columns = {**SELECT_COLUMNS, "repr_nn_sim": Col(pl.Float32, "score", "global")}
+    input_params = ("score",)
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         return ("id", self.params.score)
 
     def select(self, df: pl.DataFrame) -> pl.DataFrame:

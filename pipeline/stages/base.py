@@ -16,14 +16,19 @@ Lifecycle (after NeMo Curator): ``setup(ctx)`` loads models once per process, ``
 them; :attr:`Stage.resources` declares what a stage needs so an orchestrator can place it.
 
 Params are a pydantic model (``extra="forbid"``), so a YAML typo fails before any work with the
-field named. Output columns and their types are declared in :attr:`Stage.columns`, so the schema of
-a shard is known before a run starts. Columns whose name starts with ``_`` are scratch columns that
-the runner drops before writing final shards.
+field named. Output columns are declared in :attr:`Stage.columns`, each with its dtype, role
+(score / flag / internal) and phase (row / global) as a :class:`~pipeline.stages.contract.Col`,
+so the schema of a shard is known before a run starts. Columns whose name starts with ``_`` are
+scratch columns that the runner drops before writing final shards. Input columns are declared too
+(:attr:`Stage.requires_columns`, :attr:`Stage.uses_columns`, :attr:`Stage.input_params`), so a
+config whose stage needs a column no earlier stage writes fails before any work; the declaration
+is checked when the class is defined and given as data by :meth:`Stage.contract` (see
+:mod:`pipeline.stages.contract`).
 
 Worked example: a stage that drops responses shorter than ``min_chars`` characters::
 
     import polars as pl
-    from pipeline.stages.base import Stage, StageParams, drop_where
+    from pipeline.stages.base import Col, Stage, StageParams, drop_where
     from pipeline.text import text_expr
 
     class ShortParams(StageParams):
@@ -32,7 +37,8 @@ Worked example: a stage that drops responses shorter than ``min_chars`` characte
     class Short(Stage):
         name = "short"
         Params = ShortParams
-        columns = {"short_chars": pl.Int64}
+        requires_columns = ("messages",)
+        columns = {"short_chars": Col(pl.Int64, role="score", phase="row")}
 
         def score(self, df):
             return df.with_columns(text_expr("response").str.len_chars().cast(pl.Int64).alias("short_chars"))
@@ -45,7 +51,9 @@ Worked example: a stage that drops responses shorter than ``min_chars`` characte
     table.filter(~pl.col("keep"))["drop_reason"]  # -> "short:chars<20" for the short ones
 
 Every stage module also exports a plain function with the stage's name
-(``from pipeline.stages import minhash_dedup``) that does the same in one call.
+(``from pipeline.stages import minhash_dedup``) that does the same in one call. A new stage is one
+module plus one line in :data:`pipeline.stages.REGISTRY`; ``tests/stages/test_contract.py`` then
+runs the contract checks on it (see "How to add a stage" in docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 from pipeline.schema import KEY_COLUMNS, with_decision
+from pipeline.stages.contract import Col, check_stage_class, cols
 
 
 def _resolve_path(v: str, info: ValidationInfo) -> str:
@@ -135,18 +144,31 @@ class Stage:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[StageParams]] = StageParams
+    #: output columns: name -> :class:`Col` (or a bare dtype: role inferred, phase row); after the
+    #: class is defined, ``columns`` maps name -> dtype and ``column_specs`` name -> :class:`Col`
     columns: ClassVar[dict[str, Any]] = {}
+    column_specs: ClassVar[dict[str, Col]] = {}
     scope: ClassVar[Literal["row", "global"]] = "row"
-    global_inputs: ClassVar[tuple[str, ...]] = ()
+    #: input columns the stage cannot run without (besides source, source_row, keep, drop_reason)
+    requires_columns: ClassVar[tuple[str, ...]] = ()
+    #: input columns read when present (e.g. an earlier stage's ``len_response_chars``)
+    uses_columns: ClassVar[tuple[str, ...]] = ()
+    #: params whose value (a name, a list of names, or None) names required input columns
+    input_params: ClassVar[tuple[str, ...]] = ()
     #: global inputs the runner leaves out of the gathered frame (large values needed for few rows,
     #: such as MinHash shingle lists): :meth:`score_global` reads the rows it needs with
     #: :meth:`global_column`, which the runner serves from the shard files one shard at a time
     global_lazy_inputs: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
     version: ClassVar[str] = "1"  # bump when the stage computes something different for the same params
-    #: first field of this stage's drop reasons (``minhash`` in ``minhash:dup``); defaults to ``name``
+    #: first field of this stage's drop reasons (``minhash`` in ``minhash:dup``); set to ``name``
+    #: when a class names itself without declaring one
     reason_prefix: ClassVar[str] = ""
     is_selector: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_stage_class(cls)  # a malformed declaration fails when its module is imported
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None, /, *, base_dir: str | Path | None = None,
                  **kwargs: Any) -> None:
@@ -191,6 +213,61 @@ class Stage:
         """Set keep/drop_reason on rows still kept. Default: drop nothing."""
         return df
 
+    # ------------------------------------------------------------------ the declared contract
+    def requires(self) -> tuple[str, ...]:
+        """Input columns this configured stage cannot run without: :attr:`requires_columns` plus the
+        columns named by its :attr:`input_params`."""
+        out = list(self.requires_columns)
+        for f in self.input_params:
+            v = getattr(self.params, f)
+            out += [v] if isinstance(v, str) else list(v or ())
+        return tuple(dict.fromkeys(out))
+
+    def uses(self) -> tuple[str, ...]:
+        """Input columns read when present (not required)."""
+        return tuple(c for c in self.uses_columns if c not in self.requires())
+
+    def writes(self) -> dict[str, Col]:
+        """The columns this configured stage writes (name -> :class:`Col`)."""
+        return dict(self.column_specs)
+
+    def global_inputs(self) -> tuple[str, ...]:
+        """Columns :meth:`score_global` needs in the gathered frame (besides source, source_row, keep)."""
+        return ()
+
+    @classmethod
+    def has_state(cls) -> bool:
+        """Whether the stage persists state for incremental runs (overrides :meth:`save_state`)."""
+        return cls.save_state is not Stage.save_state
+
+    def contract(self) -> dict[str, Any]:
+        """This configured stage's contract as JSON-able data (the form kept in the run manifest)::
+
+            {"name": "exact_dedup", "scope": "global", "reason_prefix": "exact", "is_selector": false,
+             "stateful": true, "requires": ["messages", "id"], "uses": ["len_response_chars", ...],
+             "global_inputs": [...], "writes": {"exact_hash": {"type": "UInt64", "role": "internal",
+             "phase": "row"}, ...}}
+        """
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "reason_prefix": self.drop_prefix(),
+            "is_selector": self.is_selector,
+            "stateful": self.has_state(),
+            "requires": list(self.requires()),
+            "uses": list(self.uses()),
+            "global_inputs": list(self.global_inputs()) if self.scope == "global" else [],
+            "writes": {c: spec.as_dict() for c, spec in self.writes().items()},
+        }
+
+    def summary(self) -> dict[str, Any] | None:
+        """What the run manifest records about this stage's work (counts, cutoffs); None: nothing."""
+        return None
+
+    def models(self) -> dict[str, Any] | None:
+        """The models this stage used (for the manifest and dataset card); None: none."""
+        return None
+
     # ------------------------------------------------------------------ helpers
     def fingerprint(self) -> str:
         """Hash of what determines this stage's output besides its input rows."""
@@ -205,10 +282,11 @@ class Stage:
         return cls.reason_prefix or cls.name
 
     def output_schema(self) -> dict[str, Any]:
-        return dict(self.columns)
+        """Name -> dtype of the columns this configured stage writes."""
+        return {c: spec.dtype for c, spec in self.writes().items()}
 
     def global_frame_columns(self) -> list[str]:
-        return [*KEY_COLUMNS, "keep", *self.global_inputs]
+        return [*dict.fromkeys([*KEY_COLUMNS, "keep", *self.global_inputs()])]
 
     def global_column(self, df: pl.DataFrame, name: str, rows: np.ndarray) -> pl.Series:
         """Global input ``name`` at ``rows`` (positions in ``df``, in that order): from ``df`` when it
@@ -236,3 +314,6 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
+
+
+__all__ = ["Col", "LocalPath", "Resources", "RunContext", "Stage", "StageParams", "cols", "drop_where", "to_polars"]

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import Resources, RunContext, Stage, StageParams, to_polars
+from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams, to_polars
 
 
 class ClusterParams(StageParams):
@@ -41,11 +41,12 @@ class Cluster(Stage):
     name = "cluster"
     Params = ClusterParams
     scope = "global"
-    columns = {"cluster": pl.Int64, "centroid_dist": pl.Float32}
+    columns = {"cluster": Col(pl.Int64, "internal", "global"), "centroid_dist": Col(pl.Float32, "score", "global")}
+    requires_columns = ("messages", "id")  # the text embedded; vectors are stored by id
+    input_params = ("summary_columns",)
     resources = Resources(cpus=2.0, memory_gb=2.0, loads_model=True)
 
-    @property
-    def global_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+    def global_inputs(self) -> tuple[str, ...]:
         return ("id", *self.params.summary_columns)
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:

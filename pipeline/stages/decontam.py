@@ -36,7 +36,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from pipeline.dedup import HASH_SEED, normalize_text, shingle_hashes, shingles_from_words, word_hashes
-from pipeline.stages.base import LocalPath, Resources, Stage, StageParams, drop_where, to_polars
+from pipeline.stages.base import Col, LocalPath, Resources, Stage, StageParams, drop_where, to_polars
 from pipeline.text import text_expr
 
 RowView = Literal["instruction", "response", "conversation", "first_instruction", "last_response", "both"]
@@ -99,13 +99,18 @@ class Decontaminate(Stage):
     name = "decontaminate"
     reason_prefix = "decontam"
     Params = DecontamParams
+    requires_columns = ("messages",)
     columns = {
-        "decontam_match": pl.String,
-        "decontam_ngrams": pl.Int64,
-        "decontam_coverage": pl.Float32,
-        "decontam_sim": pl.Float32,
+        "decontam_match": Col(pl.String, "internal"),
+        "decontam_ngrams": Col(pl.Int64, "score"),
+        "decontam_coverage": Col(pl.Float32, "score"),
+        "decontam_sim": Col(pl.Float32, "score"),
     }
     resources = Resources(cpus=1.0, memory_gb=1.0)
+
+    def requires(self) -> tuple[str, ...]:
+        # the semantic check keys its embeddings by row id
+        return (*super().requires(), "id") if self.params.embedding else super().requires()
 
     def setup(self, ctx: Any = None) -> None:
         super().setup(ctx)

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import Resources, RunContext, Stage, StageParams, to_polars
+from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams, to_polars
 
 
 class EmbedParams(StageParams):
@@ -40,7 +40,8 @@ class Embed(Stage):
 
     name = "embed"
     Params = EmbedParams
-    columns = {"embed_model": pl.String}
+    requires_columns = ("messages", "id")  # the text embedded; vectors are stored by id
+    columns = {"embed_model": Col(pl.String, "internal", "row")}
     resources = Resources(cpus=2.0, gpus=0.0, memory_gb=2.0, loads_model=True)
 
     def setup(self, ctx: RunContext | None = None) -> None:

@@ -24,6 +24,7 @@ import polars as pl
 from pydantic import Field
 
 from pipeline.dedup import (
+    DEDUP_SCRATCH,
     DUP_COLUMNS,
     HASH_SEED,
     DedupKey,
@@ -38,7 +39,7 @@ from pipeline.dedup import (
     text_series,
     write_dup_columns,
 )
-from pipeline.stages.base import Resources, to_polars
+from pipeline.stages.base import Col, Resources, cols, to_polars
 
 
 class ExactParams(KeeperParams):
@@ -53,7 +54,7 @@ class ExactDedup(DedupStage):
     kind = "exact"
     reason_prefix = "exact"
     Params = ExactParams
-    columns = {"exact_hash": pl.UInt64, **DUP_COLUMNS}
+    columns = {"exact_hash": Col(pl.UInt64, "internal", "row"), **DEDUP_SCRATCH, **cols(DUP_COLUMNS, "internal", "global")}
     resources = Resources(cpus=1.0, memory_gb=1.0)
     dedup_inputs = ("exact_hash",)
     state_params = ("key", "normalize")

@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import Field
 
 from pipeline.dedup import normalized_equal, shingles_from_words
-from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
+from pipeline.stages.base import Col, Stage, StageParams, drop_where, to_polars
 from pipeline.text import text_expr
 
 
@@ -63,13 +63,14 @@ def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
 class Heuristics(Stage):
     name = "heuristics"
     Params = HeuristicsParams
+    requires_columns = ("messages",)
     columns = {
-        "heur_empty_response": pl.Boolean,
-        "heur_response_eq_instruction": pl.Boolean,
-        "heur_rep_ngram_ratio": pl.Float64,
-        "heur_response_words": pl.Int64,
-        "heur_non_alnum_ratio": pl.Float64,
-        "heur_ends_with_user": pl.Boolean,
+        "heur_empty_response": Col(pl.Boolean, "flag"),
+        "heur_response_eq_instruction": Col(pl.Boolean, "flag"),
+        "heur_rep_ngram_ratio": Col(pl.Float64, "score"),
+        "heur_response_words": Col(pl.Int64, "score"),
+        "heur_non_alnum_ratio": Col(pl.Float64, "score"),
+        "heur_ends_with_user": Col(pl.Boolean, "flag"),
     }
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:

@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 from pydantic import Field, field_validator
 
-from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
+from pipeline.stages.base import Col, Stage, StageParams, drop_where, to_polars
 from pipeline.text import WORD_TOKEN_PATTERN
 
 
@@ -74,18 +74,10 @@ def _token_counts(contents: pl.Series, tokenizer: str) -> pl.Expr | pl.Series:
 class Length(Stage):
     name = "length"
     Params = LengthParams
-    columns = {
-        "len_instruction_tokens": pl.Int64,
-        "len_response_tokens": pl.Int64,
-        "len_total_tokens": pl.Int64,
-        "len_system_tokens": pl.Int64,
-        "len_user_tokens": pl.Int64,
-        "len_tool_tokens": pl.Int64,
-        "len_instruction_chars": pl.Int64,
-        "len_response_chars": pl.Int64,
-        "len_turns": pl.Int64,
-        "len_messages": pl.Int64,
-    }
+    requires_columns = ("messages",)
+    columns = {c: Col(pl.Int64, "score", "row") for c in (
+        "len_instruction_tokens", "len_response_tokens", "len_total_tokens", "len_system_tokens", "len_user_tokens",
+        "len_tool_tokens", "len_instruction_chars", "len_response_chars", "len_turns", "len_messages")}
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         msgs = _message_frame(df)

@@ -65,6 +65,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from pipeline.dedup import (
+    DEDUP_SCRATCH,
     DUP_COLUMNS,
     DedupKey,
     DedupStage,
@@ -82,7 +83,7 @@ from pipeline.dedup import (
     text_series,
     write_dup_columns,
 )
-from pipeline.stages.base import Resources, to_polars
+from pipeline.stages.base import Col, Resources, cols, to_polars
 
 BANDS = "_minhash_bands"
 SHINGLES = "_minhash_shingles"
@@ -142,12 +143,13 @@ class MinHashDedup(DedupStage):
     reason_prefix = "minhash"
     Params = MinHashParams
     columns = {
-        "minhash_component": pl.String,
-        "minhash_component_size": pl.Int64,
-        "minhash_jaccard": pl.Float32,
-        **DUP_COLUMNS,
-        BANDS: pl.List(pl.UInt64),
-        SHINGLES: pl.List(pl.UInt32),
+        "minhash_component": Col(pl.String, "internal", "global"),
+        "minhash_component_size": Col(pl.Int64, "internal", "global"),
+        "minhash_jaccard": Col(pl.Float32, "score", "global"),
+        **cols(DUP_COLUMNS, "internal", "global"),
+        BANDS: Col(pl.List(pl.UInt64), "internal", "row"),
+        SHINGLES: Col(pl.List(pl.UInt32), "internal", "row"),
+        **DEDUP_SCRATCH,
     }
     resources = Resources(cpus=2.0, memory_gb=4.0)
     dedup_inputs = (BANDS, SHINGLES)

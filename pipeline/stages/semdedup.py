@@ -35,6 +35,7 @@ import polars as pl
 from pydantic import Field
 
 from pipeline.dedup import (
+    DEDUP_SCRATCH,
     DUP_COLUMNS,
     DedupStage,
     KeeperParams,
@@ -45,7 +46,7 @@ from pipeline.dedup import (
     response_chars,
     write_dup_columns,
 )
-from pipeline.stages.base import Resources, to_polars
+from pipeline.stages.base import Col, Resources, cols, to_polars
 
 #: similarity blocks are at most this many float32 entries (256 MB)
 _BLOCK_ENTRIES = 1 << 26
@@ -113,10 +114,11 @@ class SemanticDedup(DedupStage):
     reason_prefix = "semantic"
     Params = SemDedupParams
     columns = {
-        "semdedup_cluster": pl.Int64,
-        "semdedup_centroid_dist": pl.Float32,
-        "semdedup_max_sim": pl.Float32,
-        **DUP_COLUMNS,
+        "semdedup_cluster": Col(pl.Int64, "internal", "global"),
+        "semdedup_centroid_dist": Col(pl.Float32, "score", "global"),
+        "semdedup_max_sim": Col(pl.Float32, "score", "global"),
+        **cols(DUP_COLUMNS, "internal", "global"),
+        **DEDUP_SCRATCH,
     }
     resources = Resources(cpus=2.0, gpus=0.0, memory_gb=4.0, loads_model=True)
     state_params = ("model", "view", "eps")
