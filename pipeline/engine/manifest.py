@@ -91,6 +91,9 @@ def stage_entries(stages: list[Stage], specs: tuple[StageSpec, ...], tally: Stag
             "fingerprint": st.fingerprint(),
             "params": st.params.model_dump(mode="json"),
             "columns": {c: str(t) for c, t in st.output_schema().items()},
+            # the declared contract (reads, writes with role and phase, reason prefix, selector), so
+            # the report and export read what a stage did instead of guessing it
+            "contract": st.contract(),
             # counted where keep flips, so a stage whose reasons carry another prefix (exact_dedup ->
             # "exact:dup") or a stage used twice is still attributed right
             "dropped": tally.dropped.get(spec.index, 0),
