@@ -239,8 +239,7 @@ def message_ids(messages: pl.Series, tools: pl.Series | None = None) -> pl.Serie
 
 def conform_messages(df: pl.DataFrame, column: str = "messages") -> pl.DataFrame:
     """``df`` with its ``messages`` column cast to the full :data:`MESSAGE_TYPE` (missing message
-    fields null) and a null ``tools`` column where it has none: stages and text views can then name
-    every field. A no-op on frames read from shards."""
+    fields null), so stages and text views can name every field. A no-op on frames read from shards."""
     if column not in df.columns:
         return df
     want = polars_schema(pa.schema([pa.field(column, pa.list_(MESSAGE_TYPE))]))[column]
@@ -253,8 +252,6 @@ def conform_messages(df: pl.DataFrame, column: str = "messages") -> pl.DataFrame
                    for k in MESSAGE_EXTRAS if k not in have]
             out = out.with_columns(pl.col(column).list.eval(el.struct.with_fields(add)))
         out = out.with_columns(pl.col(column).cast(want))
-    if "tools" not in out.columns:
-        out = out.with_columns(pl.lit(None, dtype=pl.String).alias("tools"))
     return out
 
 

@@ -728,7 +728,7 @@ def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, sou
         "source": pl.Series([source] * good.height, dtype=pl.String),
         "source_row": good["_row"].cast(pl.Int64),
         "messages": good["messages"],
-        "tools": good["tools"],
+        "tools": pl.Series([None] * good.height, dtype=pl.String),  # a source with tools takes the per-record path
     }).hstack(good.select(user).get_columns())
     table = frame.to_arrow()
     canon = table.select(CANONICAL.names).cast(CANONICAL)
