@@ -37,7 +37,6 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from pipeline.io.shards import unify_tables
 from pipeline.io.formats import (
     FORMATS,
     REASONING_MODES,
@@ -49,6 +48,7 @@ from pipeline.io.formats import (
     think_pattern,
     think_regex,
 )
+from pipeline.io.shards import unify_tables
 from pipeline.schema import (
     CANONICAL,
     RAW_LIMIT,
