@@ -6,7 +6,6 @@ import gzip
 import json
 from pathlib import Path
 
-import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
