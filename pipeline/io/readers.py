@@ -358,7 +358,7 @@ def _hf_parts(spec: SourceSpec) -> list[tuple[str | None, Any]]:
         if spec.hf_split is not None:
             if spec.hf_split not in ds:
                 raise SourceError(f"{spec.path}: no split {spec.hf_split!r}; splits: {', '.join(ds)}")
-            return [(spec.hf_split, ds[spec.hf_split])]
+            return [(None, ds[spec.hf_split])]  # one split named: no split column, as for a Dataset
         return list(ds.items())
     return [(None, ds)]
 
