@@ -21,7 +21,9 @@ arguments as an object where they are a JSON object, ``tool_call_id`` / ``name``
 ``reasoning_content`` on assistant turns when ``include_reasoning``), and the conversation's
 ``tools`` as the template's ``tools`` variable, so a tool-aware template (Qwen, Llama 3.1, Hermes)
 renders them as the model was trained to see them. The ChatML fallback renders reasoning as a
-``<think>`` block and calls as Hermes/Qwen ``<tool_call>`` blocks. The target of an assistant turn
+``<think>`` block and calls as Hermes/Qwen ``<tool_call>`` blocks; a template that does not show
+``reasoning_content`` gets the reasoning inline as a ``<think>`` block of the content, so
+``include_reasoning`` means the same with every template. The target of an assistant turn
 that calls tools or (with ``include_reasoning``) has a reasoning trace is everything the template
 puts between the generation prompt and the end of that turn: reasoning, content and calls, as the
 model generates them (:meth:`ChatRenderer.turn_pairs`); ``include_reasoning=False`` scores the turn
@@ -171,6 +173,13 @@ class ChatRenderer:
         if not full.startswith(ctx):
             return None
         rest = full[len(ctx):]
+        r = turn.get("reasoning") if self.include_reasoning else None
+        if r and r not in rest:  # a template that does not show reasoning: inline it as a think block
+            inline = {**turn, "reasoning": None, "content": f"<think>\n{r}\n</think>\n\n{turn.get('content') or ''}"}
+            full = self.render([*before, inline], tools=tools)
+            if not full.startswith(ctx):
+                return None
+            rest = full[len(ctx):]
         cut = max(((rest.rfind(mk), mk) for mk in self._eot if mk and mk in rest), default=(-1, ""))
         if cut[0] < 0:
             return ctx, rest.rstrip("\n")
