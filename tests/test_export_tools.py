@@ -156,3 +156,35 @@ def test_where_and_selection_on_user_columns(run_dir: Path, tmp_path: Path) -> N
     assert info["exported"] == len(recs) == 2 and {r["quality_tag"] for r in recs} == {"gold"}
     info = export(run_dir, "messages", tmp_path / "src.jsonl", where='"user.source" = \'reasoning-distill\'')
     assert info["exported"] == 4
+
+
+# ---------------------------------------------------------------- the user's own columns, on real judged data
+
+
+def test_user_columns_select_filter_and_export_alpaca_eval(tmp_path: Path) -> None:
+    """AlpacaEval judged outputs: `preference` (the judge's score) is a Float64 column a selector ranks
+    by, `--where` filters on `dataset`, and the export gives every field back under its own name."""
+    import pyarrow.parquet as pq
+
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "alpaca_eval_judged.parquet"
+    src = tmp_path / "judged.parquet"
+    pq.write_table(pq.read_table(real).slice(0, 3000), src)
+    cfg = load_config({
+        "run": {"name": "ae", "out": str(tmp_path / "runs")},
+        "sources": [{"path": str(src)}],
+        "stages": [{"stage": "select_top_k", "column": "preference", "budget": 100}],
+    })
+    res = run(cfg, run_id="ae")
+    sel = pl.concat([pl.read_parquet(p) for p in list_shards(res.run_dir / "selected")], how="diagonal_relaxed")
+    raw = pl.read_parquet(src)
+    assert sel.schema["preference"] == pl.Float64 and sel.height == 100
+    assert sel["preference"].min() >= raw["preference"].sort(descending=True)[99]
+    info = export(res.run_dir, "messages", tmp_path / "x" / "train.jsonl", where="dataset = 'helpful_base' AND keep")
+    recs = [orjson.loads(x) for x in Path(info["data"]).read_bytes().splitlines()]
+    want = raw.with_row_index("r").filter(pl.col("dataset") == "helpful_base")
+    assert len(recs) == want.height
+    assert set(recs[0]) == {"messages", "id", "source", "source_row", "dataset", "model", "model_win_rate",
+                            "reference_model", "preference"}
+    assert [r["preference"] for r in recs] == want["preference"].to_list()
+    assert [r["source_row"] for r in recs] == want["r"].to_list()
+    assert info["user_columns"] == ["dataset", "model", "model_win_rate", "reference_model", "preference"]
