@@ -711,17 +711,16 @@ def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, sou
         raw_text = raw.select(pl.struct(raw.columns).struct.json_encode().str.slice(0, RAW_LIMIT).alias("raw"))["raw"] if raw.width else pl.Series("raw", [""] * bad.height)
     else:
         raw_text = pl.Series("raw", [], dtype=pl.String)
-    good = conform_messages(good)
-    ids = hash_payloads(good["_payload"]) if "_payload" in good.columns else None
+    ids = None
     if spec is None or spec.reasoning == "auto":
         tags = THINK_TAGS if spec is None else tuple(spec.think_tags)
         has = good.select(pl.col("messages").list.eval(
             pl.element().struct.field("content").str.contains(tags[0], literal=True)).list.any().any())
-        if has.item():
-            good = good.with_columns(think_split_expr(tags))  # type: ignore[arg-type]
-            ids = None
-    if ids is None:
-        ids = message_ids(good["messages"])
+        if has.item():  # the message struct gets its other fields (null) only when reasoning is split off
+            good = conform_messages(good).with_columns(think_split_expr(tags))  # type: ignore[arg-type]
+            ids = message_ids(good["messages"])
+    if ids is None:  # role/content only: the payload straight from the columns, or from the 2-field struct
+        ids = hash_payloads(good["_payload"]) if "_payload" in good.columns else message_ids(good["messages"])
     user = [c for c in good.columns if c not in ("_row", "_reason", "_payload", "messages", "tools")]
     frame = pl.DataFrame({
         "id": ids,
