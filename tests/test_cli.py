@@ -93,6 +93,13 @@ def test_formats() -> None:
     out = _curate("formats").stdout
     for f in ("sharegpt", "alpaca", "messages", "prompt_completion", "question_answer"):
         assert f in out
+    from pipeline.config import SourceConfig
+
+    # every hf_* key a source takes is documented, and the containers a path's extension selects
+    hf_keys = [k for k in SourceConfig.model_fields if k.startswith("hf_")]
+    assert hf_keys and all(f"  {k} " in out for k in hf_keys)
+    for c in ("csv", "tsv", "hf_disk", "hf_load", "function_call", "reasoning", "user.<name>"):
+        assert c in out
 
 
 def test_bad_config_fails_before_work(tmp_path: Path) -> None:
