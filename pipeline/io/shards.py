@@ -209,6 +209,32 @@ def unify_tables(tables: list[pa.Table]) -> list[pa.Table]:
     return [conform_table(t, schema, as_text) for t in tables]
 
 
+def union_schema(paths: Iterable[str | Path]) -> tuple[pa.Schema, set[str]]:
+    """The :func:`unified_schema` of Parquet files (their footers only): e.g. of every source's ingest
+    shards, the run-wide schema of the canonical and user columns that final shards share."""
+    return unified_schema([pq.read_schema(p).remove_metadata() for p in paths])
+
+
+def conform_frame(df: pl.DataFrame, schema: pa.Schema, as_text: set[str] = frozenset()) -> pl.DataFrame:  # type: ignore[assignment]
+    """``df`` with every column of ``schema`` (missing ones typed null, promoted ones cast, ``as_text``
+    ones as strings), those first in ``schema``'s order, then ``df``'s other columns (stage columns)
+    as they were. Final shards of every source conformed to one :func:`union_schema` read as one
+    table (``pl.read_parquet("shards/*.parquet")``)."""
+    have = df.schema
+    fix = []
+    for f in schema:
+        want = pl.from_arrow(pa.table({f.name: pa.nulls(0, f.type)})).schema[f.name]  # type: ignore[union-attr]
+        if f.name not in have:
+            fix.append(pl.lit(None, dtype=want).alias(f.name))
+        elif f.name in as_text and have[f.name] != pl.String:
+            fix.append(pl.Series(f.name, _json_strings(df[f.name].to_arrow()).to_pylist(), dtype=pl.String))
+        elif have[f.name] != want:
+            fix.append(pl.col(f.name).cast(want))
+    out = df.with_columns(fix) if fix else df
+    first = [f.name for f in schema]
+    return out.select([*first, *(c for c in out.columns if c not in set(first))])
+
+
 def concat_frames(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
     frames = list(frames)
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
