@@ -854,6 +854,22 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
         yield builder.build(fmt)
 
 
+def source_schema(spec: SourceSpec, sample_rows: int = 1000) -> pa.Schema:
+    """The columns a source's rows will have (canonical, ``split``, user columns), before any work:
+    for a config check that a stage's or selector's column exists (``score: preference``), or to
+    declare a run's shard schema. Exact for Parquet, CSV and datasets (their own schema maps the
+    first batch); for JSON/JSONL the user columns of the first ``sample_rows`` records (a field that
+    first appears later is still read, just not known here). Raises :class:`SourceError` like
+    :func:`read_source`."""
+    import dataclasses
+
+    probe = dataclasses.replace(spec)  # read_source may resolve the container on the spec
+    for b in read_source(probe, sample_rows):
+        if b.rows.num_rows:
+            return b.rows.schema
+    return CANONICAL
+
+
 def _reject_undetected(builder: _BatchBuilder, held: list[tuple[int, Any]]) -> None:
     """Reject records held while no format could be detected: an unreadable one with its own
     reason, a readable one as of unknown format."""

@@ -203,3 +203,12 @@ def test_mixed_kinds_in_a_user_field_become_text(tmp_path: Path) -> None:
     assert [b.rows.schema.field("n").type for b in bs] == [pa.int64(), pa.float64()]
     rows, _ = read_table(str(p2))
     assert rows["n"].to_list() == [0.0, 1.0, 2.0, 3.5, 4.5, 5.5]
+
+
+def test_source_schema_names_user_columns_before_work(real_dir: Path) -> None:
+    from pipeline.io.readers import source_schema
+
+    sc = source_schema(SourceSpec(path=str(real_dir / "alpaca_eval_judged.parquet")))
+    assert sc.field("preference").type == pa.float64()
+    assert sc.names[:5] == ["id", "source", "source_row", "messages", "tools"]
+    assert "user.source" in source_schema(SourceSpec(path=str(OPENAI))).names
