@@ -19,8 +19,8 @@ such as ``"keep AND ifd < 0.9"``. Formats:
   holds it; an observation's ``tool_call_id`` / ``name`` are extra keys of its turn.
 * ``alpaca``: JSONL, ``{"instruction", "input": "", "output", "system"}``. Alpaca holds one exchange,
   so only ``[system?] user assistant`` conversations are exported; every other row (more than one
-  exchange, a tool turn or tool calls or tool definitions, turns out of order, an empty system
-  prompt that Alpaca readers would drop) is skipped, counted by reason, and listed with its
+  exchange, a tool turn or tool calls or tool definitions, a message ``name``, turns out of order, an
+  empty system prompt that Alpaca readers would drop) is skipped, counted by reason, and listed with its
   ``id``/``source``/``source_row`` in ``<name>.skipped.jsonl`` beside the export: never truncated.
   Reasoning is written inline as a ``<think>`` block of ``output``.
 * ``hf``: a ``datasets.save_to_disk`` directory with the ``messages`` layout (every message struct
@@ -208,11 +208,13 @@ def alpaca_skip_reason() -> pl.Expr:
     el = pl.element()
     n_calls = pl.col("messages").list.eval(el.struct.field("tool_calls").list.len().fill_null(0)).list.sum()
     has_tools = pl.col("tools").is_not_null()
+    named = pl.col("messages").list.eval(el.struct.field("name").is_not_null()).list.any()
     return (
         pl.when((n_user > 1) | (n_asst > 1)).then(pl.lit("multi_turn"))
         .when(n_tool > 0).then(pl.lit("tool_turn"))
         .when(n_calls > 0).then(pl.lit("tool_calls"))
         .when(has_tools).then(pl.lit("tools"))
+        .when(named).then(pl.lit("message_name"))
         .when(~seq.is_in(["user,assistant", "system,user,assistant"])).then(pl.lit("turn_order"))
         .when((seq == "system,user,assistant") & (_turn("system") == "")).then(pl.lit("empty_system"))
         .otherwise(None)

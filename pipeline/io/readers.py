@@ -28,6 +28,7 @@ import gzip
 import io
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,6 +337,9 @@ def _iter_parquet(path: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
                 yield start + j, rec
 
 
+_HF_LOAD_LOCK = threading.Lock()
+
+
 def _hf_parts(spec: SourceSpec) -> list[tuple[str | None, Any]]:
     """``(split, datasets.Dataset)`` of a Hugging Face source: one per split of a ``DatasetDict``
     (in its order) unless ``hf_split`` names one; ``split`` is None for a plain ``Dataset``."""
@@ -343,13 +347,16 @@ def _hf_parts(spec: SourceSpec) -> list[tuple[str | None, Any]]:
         import datasets
     except ImportError as e:  # pragma: no cover - depends on the install
         raise SourceError(f"{spec.path}: reading Hugging Face datasets needs `pip install datasets`") from e
+    if spec.container == "hf_load" and not spec.hf_builder:
+        raise SourceError(f"{spec.path}: container hf_load needs hf_builder (e.g. json, parquet, csv)")
     try:
-        if spec.container == "hf_disk":
-            ds = datasets.load_from_disk(spec.path)
-        else:
-            if not spec.hf_builder:
-                raise SourceError(f"{spec.path}: container hf_load needs hf_builder (e.g. json, parquet, csv)")
-            ds = datasets.load_dataset(spec.hf_builder, data_files=spec.path, split=spec.hf_split, **spec.hf_kwargs)
+        # one load at a time per process: `datasets` loads on threads race on tqdm's class lock
+        # ("tqdm has no attribute '_lock'") when two sources of a run open at once
+        with _HF_LOAD_LOCK:
+            if spec.container == "hf_disk":
+                ds = datasets.load_from_disk(spec.path)
+            else:
+                ds = datasets.load_dataset(spec.hf_builder, data_files=spec.path, split=spec.hf_split, **spec.hf_kwargs)
     except SourceError:
         raise
     except Exception as e:

@@ -212,3 +212,17 @@ def test_source_schema_names_user_columns_before_work(real_dir: Path) -> None:
     assert sc.field("preference").type == pa.float64()
     assert sc.names[:5] == ["id", "source", "source_row", "messages", "tools"]
     assert "user.source" in source_schema(SourceSpec(path=str(OPENAI))).names
+
+
+def test_two_threads_read_one_datasetdict(tmp_path: Path) -> None:
+    """Two sources of a run open the same DatasetDict on the thread runner at once (the loads are
+    serialised: `datasets` loads on threads raced on tqdm's lock); both read every split."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    datasets = pytest.importorskip("datasets")
+    t = _as_arrow(_records(OPENAI))
+    ds = datasets.Dataset(datasets.table.InMemoryTable(t))
+    datasets.DatasetDict({"a": ds, "b": ds.select(range(3))}).save_to_disk(str(tmp_path / "dd"))
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        outs = list(ex.map(lambda i: read_table(str(tmp_path / "dd"), name=f"s{i}")[0], range(4)))
+    assert all(o.height == 9 and o["split"].to_list() == ["a"] * 6 + ["b"] * 3 for o in outs)
