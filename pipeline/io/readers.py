@@ -39,6 +39,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.io.formats import (
+    CALL_ROLES,
     FORMATS,
     REASONING_MODES,
     THINK_TAGS,
@@ -647,6 +648,10 @@ def _map_turns(df: pl.DataFrame, key: str) -> pl.DataFrame | None:
     if set(fields) - {rk, ck}:  # tool calls, reasoning, names, ...: the per-record mappers keep them
         return None
     el = pl.element()
+    calls = df.select(pl.col(key).list.eval(el.struct.field(rk).str.strip_chars().str.to_lowercase()
+                                            .is_in(list(CALL_ROLES))).list.any().any()).item()
+    if calls:  # ShareGPT function_call turns merge into assistant messages: the per-record mappers do that
+        return None
     idx = pl.int_range(pl.len()).cast(pl.String)
     raw_role = el.struct.field(rk)
     role = raw_role.str.strip_chars().str.to_lowercase().replace_strict(_ALIASES_LOWER, default=None, return_dtype=pl.String)
