@@ -116,7 +116,7 @@ def _peer(run_dir: str, out: str, q: Any) -> None:
 
     datasets.disable_progress_bars()
     t0 = time.perf_counter()
-    cols = ["messages", "id", "source", "source_row", "meta"]
+    cols = ["messages", "tools", "id", "source", "source_row"]
     df = pl.concat([pl.read_parquet(p, columns=cols) for p in list_shards(Path(run_dir) / "selected")]).to_pandas()
     ds = datasets.Dataset.from_pandas(df, preserve_index=False)
     path = Path(out) / "train.jsonl"

@@ -18,7 +18,7 @@ A pool of N rows holds, shuffled:
 * N/10000 rows (at least 5) that are malformed (truncated JSON, missing fields, unknown roles,
   empty conversations, no assistant turn, wrong types), so rejects are non-zero.
 
-Each row carries its label in an extra ``synth`` field (it ends up in ``meta``; ids hash only the
+Each row carries its label in an extra ``synth`` field (it ends up as a ``synth`` column; ids hash only the
 conversation). Rows are written in three formats, ``--file-rows`` (50k) records per file: Alpaca
 JSONL.gz and messages Parquet (single-turn rows, half each), ShareGPT JSONL.gz (multi-turn rows);
 malformed rows go to the JSONL files.
@@ -474,7 +474,7 @@ def child_score(run_dir: str, truth_path: str) -> dict[str, Any]:
     dedup = ["exact", "minhash", "semantic"]
     before = ["length", "heuristics"]
     rows = (pl.scan_parquet(str(Path(run_dir) / "shards" / "*.parquet"))
-            .select(pl.col("meta").str.json_path_match("$.synth").alias("tag"), "id", "keep", "drop_reason", "dup_of")
+            .select(pl.col("synth").cast(pl.String).alias("tag"), "id", "keep", "drop_reason", "dup_of")
             .with_columns(pl.col("drop_reason").str.split(":").list.first().alias("stage"))
             .collect())
     is_dup = pl.col("stage").is_in(dedup).fill_null(False)

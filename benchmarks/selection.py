@@ -82,8 +82,8 @@ def real_pool(work: Path, passages: int) -> Path:
     user = pl.col("messages").list.first().struct.field("content")
     longest = user.str.split("\n").list.eval(pl.element().sort_by(pl.element().str.len_chars(), descending=True).first())
     rows = rows.with_columns(
-        pl.col("meta").str.json_path_match("$.template").alias("template"),
-        pl.col("meta").str.json_path_match("$.template").str.extract("^(" + "|".join(T0_TASKS) + ")").alias("task"),
+        pl.col("template").alias("template"),
+        pl.col("template").str.extract("^(" + "|".join(T0_TASKS) + ")").alias("task"),
         longest.list.first().str.slice(0, 120).alias("passage"),
     )
     keys = rows.select("passage").unique().sort("passage").sample(passages, seed=0)

@@ -100,13 +100,34 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_formats(_args: argparse.Namespace) -> int:
-    from pipeline.io.formats import FORMAT_HELP
-    from pipeline.io.readers import CONTAINERS
+    from pipeline.io.formats import FORMAT_HELP, REASONING_MODES, THINK_TAGS
+    from pipeline.io.readers import CONTAINERS, HF_KEYS
 
-    print("containers: " + ", ".join(CONTAINERS) + "  (.jsonl/.json may be .gz; hf_disk = save_to_disk dir; hf_load = load_dataset builder)")
+    print("containers (`container:` on a source; auto = from the file name):")
+    containers = {
+        "jsonl": ".jsonl / .ndjson, optionally .gz",
+        "json": ".json (an array, or concatenated values), optionally .gz; streamed",
+        "parquet": ".parquet; read by row group, column types kept",
+        "csv": ".csv, optionally .gz; header row, column types inferred over the whole file",
+        "tsv": ".tsv / .tab, optionally .gz; as csv, tab-separated",
+        "hf_disk": "a `datasets` save_to_disk directory (Dataset or DatasetDict)",
+        "hf_load": "any `datasets.load_dataset` builder over the local path (needs hf_builder)",
+    }
+    for name in CONTAINERS[1:]:
+        print(f"  {name:<18} {containers.get(name, '')}")
+    print("Hugging Face keys of a source:")
+    for key, text in HF_KEYS.items():
+        print(f"  {key:<18} {text}")
     print("record formats (auto-detected from the first record, or set `format:` on the source):")
     for name, text in FORMAT_HELP.items():
         print(f"  {name:<18} {text}")
+    print("tool calls and reasoning (every format):")
+    print("  tools              a top-level list of tool definitions (or its JSON text), kept per conversation")
+    print(f"  reasoning          source key, one of {', '.join(REASONING_MODES)}: auto takes an assistant turn's "
+          "reasoning_content / reasoning field, else a leading think block of its content; fields: only the fields")
+    print(f"  think_tags         source key, default {list(THINK_TAGS)}: the tags of a think block")
+    print("other fields: every input field a format does not map is a typed column of its own; one whose name the "
+          "tool uses (source, id, keep, a stage's score, ...) is renamed user.<name>")
     return 0
 
 

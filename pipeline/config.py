@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.export import ExportSpec
-from pipeline.io.formats import FORMATS
-from pipeline.io.readers import CONTAINERS
+from pipeline.io.formats import FORMATS, REASONING_MODES, THINK_TAGS
+from pipeline.io.readers import CONTAINERS, HF_KEYS
 from pipeline.stages import available_stages, get_stage
 from pipeline.stages.base import Stage
 from pipeline.stages.contract import check_columns, check_state_names
@@ -56,8 +56,13 @@ class SourceConfig(_Strict):
     name: str | None = None
     container: Literal[CONTAINERS] = "auto"  # type: ignore[valid-type]
     format: Literal[("auto", *FORMATS)] = "auto"  # type: ignore[valid-type]
-    hf_builder: str | None = None
-    hf_split: str = "train"
+    hf_builder: str | None = Field(None, description=HF_KEYS["hf_builder"])
+    hf_split: str | None = Field(None, description=HF_KEYS["hf_split"])
+    hf_kwargs: dict[str, Any] = Field(default_factory=dict, description=HF_KEYS["hf_kwargs"])
+    reasoning: Literal[REASONING_MODES] = Field(  # type: ignore[valid-type]
+        "auto", description="auto: reasoning_content/reasoning fields, else a leading think block of the "
+        "assistant content; fields: the fields only (content kept verbatim)")
+    think_tags: tuple[str, str] = Field(THINK_TAGS, description="the opening and closing tag of a think block")
 
 
 class ScheduleSettings(_Strict):
@@ -235,7 +240,7 @@ def load_config(source: str | Path | dict[str, Any], base_dir: str | Path | None
     if not problems:
         problems += _check_stage_chain(cfg)
     for i, src in enumerate(cfg.sources):
-        if src.container in ("auto", "jsonl", "json", "parquet", "hf_disk") and not cfg.resolve(src.path).exists():
+        if src.container in ("auto", "jsonl", "json", "parquet", "csv", "tsv", "hf_disk") and not cfg.resolve(src.path).exists():
             problems.append(f"sources[{i}].path: no such file or directory: {cfg.resolve(src.path)}")
     if problems:
         raise ConfigError(f"{where}: invalid config\n  " + "\n  ".join(problems))

@@ -51,7 +51,7 @@ DUP_COLUMNS: dict[str, Any] = {
 }
 
 #: Dedup keys: which text of a conversation two rows must share to be duplicates (see pipeline.text).
-DedupKey = Literal["instruction", "response", "conversation", "first_instruction", "last_response"]
+DedupKey = Literal["instruction", "response", "reasoning", "conversation", "first_instruction", "last_response"]
 
 RESPONSE_CHARS = "len_response_chars"  # written by the length stage; computed here when absent
 SCRATCH_RESPONSE_CHARS = "_dedup_response_chars"

@@ -4,25 +4,42 @@
 ``where``, the rows of ``shards/`` (every row, kept or dropped) that match a Polars SQL predicate
 such as ``"keep AND ifd < 0.9"``. Formats:
 
-* ``messages``: JSONL, ``{"messages": [{"role", "content"}, ...], ...}``, the OpenAI chat layout that
-  TRL's ``SFTTrainer`` and most trainers read; a system turn stays a message.
-* ``sharegpt``: JSONL, ``{"conversations": [{"from", "value"}, ...], ...}`` as LLaMA-Factory and
-  axolotl read it; roles become ``human``/``gpt``/``system``/``observation`` (a tool result, as in
-  LLaMA-Factory).
+* ``messages``: JSONL, ``{"messages": [{"role", "content"}, ...], "tools": [...], ...}``, the OpenAI
+  chat layout that TRL's ``SFTTrainer`` and most trainers read; a system turn stays a message.
+  Assistant turns carry ``tool_calls: [{id, type, function: {name, arguments}}]`` (arguments as
+  JSON text, as OpenAI gives them) and ``reasoning_content``; tool messages ``tool_call_id`` and
+  ``name``; ``tools`` is the conversation's tool definitions. A field a message does not have is
+  left out (plain chat rows look exactly as before).
+* ``sharegpt``: JSONL, ``{"conversations": [{"from", "value"}, ...], "tools": "...", ...}`` as
+  LLaMA-Factory and axolotl read it; roles become ``human``/``gpt``/``system``/``observation`` (a
+  tool result, as in LLaMA-Factory) and ``function_call`` (a call, ``value`` the JSON of
+  ``{name, arguments}``, or of a list of them for parallel calls; a call's ``id`` rides along in
+  that object); ``tools`` is a JSON string as LLaMA-Factory expects. Reasoning is written inline as
+  a leading ``<think>\n...\n</think>\n\n`` block of the ``gpt`` turn, the way ShareGPT reasoning data
+  holds it; an observation's ``tool_call_id`` / ``name`` are extra keys of its turn.
 * ``alpaca``: JSONL, ``{"instruction", "input": "", "output", "system"}``. Alpaca holds one exchange,
   so only ``[system?] user assistant`` conversations are exported; every other row (more than one
-  exchange, a tool turn, turns out of order, an empty system prompt that Alpaca readers would drop)
-  is skipped, counted by reason, and listed with its ``id``/``source``/``source_row`` in
-  ``<name>.skipped.jsonl`` beside the export: never truncated.
-* ``hf``: a ``datasets.save_to_disk`` directory with the ``messages`` layout, readable with
-  ``datasets.load_from_disk``. The Arrow files are written in the same streaming pass (see
-  :class:`_ArrowSink`: calling ``save_to_disk`` itself would re-read and rewrite the data).
+  exchange, a tool turn or tool calls or tool definitions, a message ``name``, turns out of order, an
+  empty system prompt that Alpaca readers would drop) is skipped, counted by reason, and listed with its
+  ``id``/``source``/``source_row`` in ``<name>.skipped.jsonl`` beside the export: never truncated.
+  Reasoning is written inline as a ``<think>`` block of ``output``.
+* ``hf``: a ``datasets.save_to_disk`` directory with the ``messages`` layout (every message struct
+  has every field, null where absent; ``tools`` is JSON text, since tool schemas differ from row to
+  row), readable with ``datasets.load_from_disk``. The Arrow files are written in the same streaming
+  pass (see :class:`_ArrowSink`: calling ``save_to_disk`` itself would re-read and rewrite the data).
 
-Every exported record also carries ``id`` (the content hash of its messages), ``source``,
-``source_row`` and ``meta`` (the JSON of the input fields the reader did not map), so a record
-traces back to its input row; ``with_scores`` adds every stage column (scores, ``keep``,
-``drop_reason``, selection columns). The readers (:mod:`pipeline.io.readers`) read every format
-back to the same ``messages`` and therefore the same ``id``.
+Every exported record also carries ``id`` (the content hash of its messages), ``source`` and
+``source_row``, so a record traces back to its input row, and the input's own fields (the user
+columns, :func:`pipeline.schema.user_columns`) under the names and types they came in with (one
+renamed ``user.<name>`` at ingest because the tool uses that name keeps the ``user.`` name where
+the record has a field of that name too); ``with_scores`` adds every stage column (scores,
+``keep``, ``drop_reason``, selection columns). The readers (:mod:`pipeline.io.readers`) read every
+format back to the same ``messages``, ``tools`` and therefore the same ``id``; reading an export
+back, its trace fields become user columns ``user.id`` / ``user.source`` / ``user.source_row``.
+
+Lossless, with two documented exceptions of the ShareGPT layout: a reasoning trace that begins or
+ends with a newline loses it (the ``<think>`` block is parsed as Qwen3's template parses it), and two
+consecutive assistant messages, the second of which only calls tools, read back as one.
 
 ``out`` is a directory (``<out>/train.jsonl`` or the ``save_to_disk`` files, plus ``README.md``),
 or for the JSONL formats a ``*.jsonl`` file with ``README.md`` beside it. ``README.md`` is a
@@ -52,6 +69,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,6 +77,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.io.shards import list_shards
+from pipeline.schema import arguments_object, conform_messages, original_column_name, user_columns
 
 EXPORT_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "hf")
 JSONL_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca")
@@ -67,15 +86,18 @@ JSONL_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca")
 SHAREGPT_ROLES: dict[str, str] = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
 
 #: columns every exported record carries besides the conversation, for tracing it to its input row
-TRACE_COLUMNS: tuple[str, ...] = ("id", "source", "source_row", "meta")
+TRACE_COLUMNS: tuple[str, ...] = ("id", "source", "source_row")
 
 #: the fields a format itself writes; score columns of these names would clash and are left out
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
-    "messages": ("messages",),
-    "hf": ("messages",),
-    "sharegpt": ("conversations",),
+    "messages": ("messages", "tools"),
+    "hf": ("messages", "tools"),
+    "sharegpt": ("conversations", "tools"),
     "alpaca": ("instruction", "input", "output", "system"),
 }
+
+#: the message fields of the messages layout besides role/content (left out where null)
+OPENAI_MESSAGE_EXTRAS: tuple[str, ...] = ("reasoning_content", "tool_calls", "tool_call_id", "name")
 
 #: numeric columns that are positions, not scores (left out of the card's score distributions)
 NOT_SCORES: frozenset[str] = frozenset({"source_row", "select_rank"})
@@ -183,37 +205,170 @@ def alpaca_skip_reason() -> pl.Expr:
     n_asst = roles.list.eval(pl.element() == "assistant").list.sum()
     n_tool = roles.list.eval(pl.element() == "tool").list.sum()
     seq = roles.list.join(",")
+    el = pl.element()
+    n_calls = pl.col("messages").list.eval(el.struct.field("tool_calls").list.len().fill_null(0)).list.sum()
+    has_tools = pl.col("tools").is_not_null()
+    named = pl.col("messages").list.eval(el.struct.field("name").is_not_null()).list.any()
     return (
         pl.when((n_user > 1) | (n_asst > 1)).then(pl.lit("multi_turn"))
         .when(n_tool > 0).then(pl.lit("tool_turn"))
+        .when(n_calls > 0).then(pl.lit("tool_calls"))
+        .when(has_tools).then(pl.lit("tools"))
+        .when(named).then(pl.lit("message_name"))
         .when(~seq.is_in(["user,assistant", "system,user,assistant"])).then(pl.lit("turn_order"))
         .when((seq == "system,user,assistant") & (_turn("system") == "")).then(pl.lit("empty_system"))
         .otherwise(None)
     )
 
 
+def _inline_think(reasoning: pl.Expr, content: pl.Expr) -> pl.Expr:
+    return pl.when(reasoning.is_null()).then(content).otherwise(
+        pl.concat_str([pl.lit("<think>\n"), reasoning, pl.lit("\n</think>\n\n"), content]))
+
+
+def think_text(reasoning: str | None, content: str) -> str:
+    """An assistant turn with its reasoning inline, as ShareGPT / Alpaca reasoning data holds it."""
+    return content if reasoning is None else f"<think>\n{reasoning}\n</think>\n\n{content}"
+
+
+def openai_messages_expr() -> pl.Expr:
+    """``messages`` in the OpenAI layout with every field (the ``hf`` format's struct)."""
+    el, call = pl.element(), pl.element()
+    calls = el.struct.field("tool_calls").list.eval(pl.struct(
+        call.struct.field("id").alias("id"), call.struct.field("type").alias("type"),
+        pl.struct(call.struct.field("name").alias("name"), call.struct.field("arguments").alias("arguments")).alias("function"),
+    ))
+    return pl.col("messages").list.eval(pl.struct(
+        el.struct.field("role").alias("role"), el.struct.field("content").alias("content"),
+        el.struct.field("reasoning").alias("reasoning_content"), calls.alias("tool_calls"),
+        el.struct.field("tool_call_id").alias("tool_call_id"), el.struct.field("name").alias("name"),
+    )).alias("messages")
+
+
+def rich_expr() -> pl.Expr:
+    """Rows that carry tool definitions or any message field besides role/content."""
+    el = pl.element()
+    extras = pl.col("messages").list.eval(
+        el.struct.field("reasoning").is_not_null() | (el.struct.field("tool_calls").list.len().fill_null(0) > 0)
+        | el.struct.field("tool_call_id").is_not_null() | el.struct.field("name").is_not_null()
+    ).list.any()
+    return extras.fill_null(False) | pl.col("tools").is_not_null()
+
+
 def _conversation(fmt: str) -> list[pl.Expr]:
-    """The format's own fields, built from ``messages``."""
-    if fmt in ("messages", "hf"):
-        return [pl.col("messages")]
+    """The format's own fields, built from ``messages`` (for JSONL: of rows without tool calls,
+    reasoning or tools; :func:`rich_record` writes those)."""
+    if fmt == "hf":
+        return [openai_messages_expr(), pl.col("tools")]
+    if fmt == "messages":
+        el = pl.element()
+        return [pl.col("messages").list.eval(pl.struct(el.struct.field("role"), el.struct.field("content")))]
     if fmt == "sharegpt":
         role = pl.element().struct.field("role").replace_strict(SHAREGPT_ROLES, return_dtype=pl.String)
         conv = pl.col("messages").list.eval(pl.struct(role.alias("from"), pl.element().struct.field("content").alias("value")))
         return [conv.alias("conversations")]
     if fmt == "alpaca":
-        return [_turn("user").alias("instruction"), pl.lit("").alias("input"), _turn("assistant").alias("output"),
+        el = pl.element()
+        output = (pl.col("messages").list.eval(el.filter(el.struct.field("role") == "assistant"))
+                  .list.first())
+        return [_turn("user").alias("instruction"), pl.lit("").alias("input"),
+                _inline_think(output.struct.field("reasoning"), output.struct.field("content")).alias("output"),
                 _turn("system").alias("system")]
     raise ExportError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
 
 
-def _carried(schema: dict[str, pl.DataType], fmt: str, with_scores: bool) -> tuple[list[str], dict[str, str]]:
-    """Extra columns written after the conversation, and the ones left out with the reason."""
-    cols = [c for c in TRACE_COLUMNS if c in schema]
+def _openai_message(m: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+    if m.get("reasoning") is not None:
+        out["reasoning_content"] = m["reasoning"]
+    if m.get("tool_calls"):
+        out["tool_calls"] = [{**({"id": c["id"]} if c.get("id") is not None else {}), "type": c.get("type") or "function",
+                              "function": {"name": c["name"], "arguments": c["arguments"]}} for c in m["tool_calls"]]
+    for k in ("tool_call_id", "name"):
+        if m.get(k) is not None:
+            out[k] = m[k]
+    return out
+
+
+def _sharegpt_call(c: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": c["name"], "arguments": arguments_object(c["arguments"])}
+    if c.get("id") is not None:
+        out["id"] = c["id"]
+    if c.get("type") not in (None, "function"):
+        out["type"] = c["type"]
+    return out
+
+
+def _sharegpt_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        role = m["role"]
+        if role == "assistant":
+            text = think_text(m.get("reasoning"), m["content"])
+            calls = m.get("tool_calls") or []
+            if text or not calls:
+                turns.append({"from": "gpt", "value": text})
+            if calls:
+                value = _sharegpt_call(calls[0]) if len(calls) == 1 else [_sharegpt_call(c) for c in calls]
+                turns.append({"from": "function_call", "value": json.dumps(value, ensure_ascii=False)})
+            continue
+        t: dict[str, Any] = {"from": SHAREGPT_ROLES[role], "value": m["content"]}
+        for k in ("tool_call_id", "name"):
+            if m.get(k) is not None:
+                t[k] = m[k]
+        turns.append(t)
+    return turns
+
+
+def rich_record(fmt: str, row: dict[str, Any], carried: Sequence[str], names: dict[str, str]) -> dict[str, Any]:
+    """One JSONL record of a row with tool calls, reasoning or tools (messages / sharegpt layouts)."""
+    tools = row.get("tools")
+    if fmt == "messages":
+        rec: dict[str, Any] = {"messages": [_openai_message(m) for m in row["messages"]]}
+        if tools is not None:
+            rec["tools"] = json.loads(tools)
+    else:
+        rec = {"conversations": _sharegpt_turns(row["messages"])}
+        if tools is not None:
+            rec["tools"] = tools
+    for c in carried:
+        rec[names.get(c, c)] = row[c]
+    return rec
+
+
+def _stage_output_columns(manifest: dict[str, Any]) -> set[str]:
+    """Columns the run's stages declare (with their params), best effort."""
+    out: set[str] = set()
+    for st in manifest.get("stages", []):
+        cls = _stage_class(st["name"])
+        if cls is None:
+            continue
+        try:
+            out.update(cls(**(st.get("params") or {})).output_schema())
+        except Exception:  # noqa: BLE001 - a stage that cannot be built here still has its class columns
+            out.update(getattr(cls, "columns", {}) or {})
+    return out
+
+
+def _carried(schema: dict[str, pl.DataType], fmt: str, with_scores: bool,
+             stage_cols: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Extra columns written after the conversation, the ones left out with the reason, and the
+    output name of each user column (its input name, unless the record has a field of that name)."""
+    cols = [c for c in (*TRACE_COLUMNS, "split") if c in schema]
     omitted: dict[str, str] = {}
+    names: dict[str, str] = {}
+    taken = {*FORMAT_FIELDS[fmt], *cols}
+    for c in user_columns([n for n in schema if n not in ("messages", "tools")], extra_reserved=sorted(stage_cols)):
+        if c in cols:
+            continue
+        cols.append(c)
+        orig = original_column_name(c)
+        if orig != c and orig not in taken and orig not in schema:
+            names[c] = orig
     if not with_scores:
-        return cols, omitted
+        return cols, omitted, names
     for name, dtype in schema.items():
-        if name in cols or name == "messages":
+        if name in cols or name in ("messages", "tools"):
             continue
         base = dtype
         while isinstance(base, (pl.List, pl.Array)):
@@ -224,7 +379,20 @@ def _carried(schema: dict[str, pl.DataType], fmt: str, with_scores: bool) -> tup
             omitted[name] = f"{dtype} has no JSON form"
         else:
             cols.append(name)
-    return cols, omitted
+    return cols, omitted, names
+
+
+def _json_lines(fmt: str, df: pl.DataFrame, carried: list[str], names: dict[str, str]) -> list[bytes]:
+    """The JSONL records of a batch with rows that carry tool calls, reasoning or tools: plain rows
+    encoded by Polars, the others by :func:`rich_record`, in row order."""
+    rich = df.select(rich_expr().alias("r"))["r"].to_list()
+    plain = df.filter(~pl.Series(rich)).select(
+        pl.struct(*_conversation(fmt), *[pl.col(c).alias(names.get(c, c)) for c in carried]).struct.json_encode().alias("j"))["j"]
+    rows = df.filter(pl.Series(rich)).select("messages", "tools", *carried).to_dicts()
+    it_plain, it_rich = iter(plain.to_list()), iter(rows)
+    opt = orjson.OPT_NON_STR_KEYS
+    return [orjson.dumps(rich_record(fmt, next(it_rich), carried, names), option=opt, default=str) if r
+            else next(it_plain).encode() for r in rich]
 
 
 def _datasets_arrow_type(t: pa.DataType) -> pa.DataType:
@@ -347,9 +515,11 @@ def export(run_dir: Path, fmt: str, out: Path, where: str | None = None, with_sc
         raise ExportError(f"{src_dir} holds no shards")
     schema = _unified_schema(paths)
     expr = _where_expr(where, list(schema)) if where else None
-    carried, omitted = _carried(schema, fmt, with_scores)
-    score_cols = [c for c, t in schema.items() if t.is_numeric() and c not in NOT_SCORES]
-    needed = list(dict.fromkeys(["messages", *carried, *score_cols, "keep",
+    stage_cols = _stage_output_columns(manifest)
+    carried, omitted, names = _carried(schema, fmt, with_scores, stage_cols)
+    user = set(user_columns(list(schema), extra_reserved=sorted(stage_cols)))
+    score_cols = [c for c, t in schema.items() if t.is_numeric() and c not in NOT_SCORES and c not in user]
+    needed = list(dict.fromkeys(["messages", "tools", *carried, *score_cols, "keep",
                                  *(expr.meta.root_names() if expr is not None else [])]))
     needed = [c for c in needed if c in schema]
     data, card, skipped_path = _layout(fmt, out)
@@ -387,16 +557,24 @@ def export(run_dir: Path, fmt: str, out: Path, where: str | None = None, with_sc
                         df = df.filter(pl.col("_skip").is_null())
                     if df.height == 0:
                         continue
-                rec = df.select(*_conversation(fmt), *carried)
-                sink.write(rec)
-                counts["exported"] += rec.height
+                if "tools" not in df.columns:  # shards written before tool definitions existed
+                    df = df.with_columns(pl.lit(None, dtype=pl.String).alias("tools"))
+                df = conform_messages(df)
+                if fmt in ("messages", "sharegpt") and df.select(rich_expr().any()).item():
+                    assert isinstance(sink, _JsonlSink)
+                    sink.write_lines(_json_lines(fmt, df, carried, names))
+                else:
+                    sink.write(df.select(*_conversation(fmt), *[pl.col(c).alias(names.get(c, c)) for c in carried]))
+                counts["exported"] += df.height
                 if score_cols:
                     st = df.select(score_cols).to_arrow()
                     if stats_writer is None:
                         stats_writer = pq.ParquetWriter(stats_path, st.schema)
                     stats_writer.write_table(st.cast(stats_writer.schema))
             if isinstance(sink, _ArrowSink) and not sink.files:
-                sink.write(pl.DataFrame(schema={"messages": schema["messages"], **{c: schema[c] for c in carried}}))
+                empty = conform_messages(pl.DataFrame(schema={"messages": schema["messages"], "tools": pl.String,
+                                                              **{c: schema[c] for c in carried}}))
+                sink.write(empty.select(*_conversation(fmt), *[pl.col(c).alias(names.get(c, c)) for c in carried]))
         finally:
             sink.close()
             skip_fh.close()
@@ -420,7 +598,8 @@ def export(run_dir: Path, fmt: str, out: Path, where: str | None = None, with_sc
             "skipped": n_skipped,
             "skipped_multiturn": skipped.get("multi_turn", 0),
             "skipped_by_reason": dict(sorted(skipped.items(), key=lambda kv: -kv[1])),
-            "columns": [*FORMAT_FIELDS[fmt], *carried],
+            "columns": [*FORMAT_FIELDS[fmt], *(names.get(c, c) for c in carried)],
+            "user_columns": [names.get(c, c) for c in carried if c in user],
             "columns_omitted": omitted,
             "data": str(data),
             "data_files": [p.name for p in sink.files] if fmt == "hf" else [data.name],
@@ -459,6 +638,10 @@ class _JsonlSink:
 
     def write(self, df: pl.DataFrame) -> None:
         df.write_ndjson(self._fh)
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        if lines:
+            self._fh.write(b"\n".join(lines) + b"\n")
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -680,8 +863,10 @@ def dataset_card(run_dir: Path, export_info: dict[str, Any], manifest: dict[str,
         "",
     ]
     layout = {
-        "messages": "JSONL, one `{\"messages\": [{\"role\", \"content\"}, ...]}` per line (TRL `SFTTrainer` layout)",
-        "sharegpt": "JSONL, one `{\"conversations\": [{\"from\", \"value\"}, ...]}` per line (LLaMA-Factory / axolotl ShareGPT)",
+        "messages": "JSONL, one `{\"messages\": [{\"role\", \"content\"}, ...]}` per line (TRL `SFTTrainer` layout; "
+                    "`tool_calls`, `reasoning_content`, `tool_call_id`, `name` and `tools` where a row has them)",
+        "sharegpt": "JSONL, one `{\"conversations\": [{\"from\", \"value\"}, ...]}` per line (LLaMA-Factory / axolotl ShareGPT; "
+                    "`function_call` / `observation` turns and a `tools` JSON string where a row has them)",
         "alpaca": "JSONL, one `{\"instruction\", \"input\", \"output\", \"system\"}` per line (single-turn only)",
         "hf": "a Hugging Face `datasets` directory (`datasets.load_from_disk`), `messages` layout",
     }[fmt]

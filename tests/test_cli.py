@@ -52,10 +52,10 @@ def test_run_writes_the_layout(demo_run: Path) -> None:
     assert c["read"] == c["kept"] + c["dropped"] + c["rejected"]
     assert c["balanced"] is True
     # the sample's bad rows are all rejected, with reasons, and nothing else is
-    rejects = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "rejects")])
+    rejects = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "rejects")], how="diagonal_relaxed")
     assert rejects.height == c["rejected"] == 9
     assert set(rejects["source"]) == {"bad_rows.jsonl"}
-    shards = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "shards")])
+    shards = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "shards")], how="diagonal_relaxed")
     assert shards.height == c["kept"] + c["dropped"]
     assert (shards.filter(~pl.col("keep"))["drop_reason"].is_not_null()).all()
     assert shards.filter(pl.col("keep"))["drop_reason"].is_null().all()
@@ -67,7 +67,7 @@ def test_run_writes_the_layout(demo_run: Path) -> None:
     per_source = {s["name"]: s["read"] for s in m["sources"]}
     assert per_source["t0_templated.parquet"] == 2000
     assert per_source["gsm8k_train_planted.jsonl.gz"] == 1020
-    sel = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "selected")])
+    sel = pl.concat([pl.read_parquet(p) for p in list_shards(demo_run / "selected")], how="diagonal_relaxed")
     assert sel.height == c["selected"] == 1000
     assert sel["keep"].all() and sel["selected"].all()
     # Long-is-More picked the longest kept responses
@@ -93,6 +93,13 @@ def test_formats() -> None:
     out = _curate("formats").stdout
     for f in ("sharegpt", "alpaca", "messages", "prompt_completion", "question_answer"):
         assert f in out
+    from pipeline.config import SourceConfig
+
+    # every hf_* key a source takes is documented, and the containers a path's extension selects
+    hf_keys = [k for k in SourceConfig.model_fields if k.startswith("hf_")]
+    assert hf_keys and all(f"  {k} " in out for k in hf_keys)
+    for c in ("csv", "tsv", "hf_disk", "hf_load", "function_call", "reasoning", "user.<name>"):
+        assert c in out
 
 
 def test_bad_config_fails_before_work(tmp_path: Path) -> None:

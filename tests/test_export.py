@@ -56,7 +56,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _frame(run_dir: Path, sub: str) -> pl.DataFrame:
-    return pl.concat([pl.read_parquet(p) for p in list_shards(run_dir / sub)])
+    # sources differ in their user columns: shards are concatenated by name
+    return pl.concat([pl.read_parquet(p) for p in list_shards(run_dir / sub)], how="diagonal_relaxed")
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +98,9 @@ def test_round_trip_gives_same_messages_and_id(fmt: str, exports: dict, selected
     assert rows.height == info["exported"] == expect.height
     assert rows["messages"].to_list() == expect["messages"].to_list()
     assert rows["id"].to_list() == expect["id"].to_list()
-    # the exported trace fields land in meta and name the run's row
-    meta = [orjson.loads(m) for m in rows["meta"].to_list()]
-    assert [m["id"] for m in meta] == expect["id"].to_list()
-    assert [(m["source"], m["source_row"]) for m in meta] == list(zip(expect["source"], expect["source_row"], strict=True))
+    # the exported trace fields come back as user columns (the tool's own names are taken) and name the run's row
+    assert rows["user.id"].to_list() == expect["id"].to_list()
+    assert rows.select("user.source", "user.source_row").rows() == expect.select("source", "source_row").rows()
     assert all(message_id(m) == i for m, i in zip(rows["messages"].to_list(), rows["id"].to_list(), strict=True))
 
 
@@ -135,7 +135,7 @@ def test_messages_export_loads_with_datasets(exports: dict, selected: pl.DataFra
 
     ds = datasets.load_dataset("json", data_files=exports["messages"]["data"], split="train", cache_dir=str(tmp_path))
     assert ds.num_rows == selected.height
-    assert ds[0]["messages"] == selected["messages"][0].to_list()
+    assert ds[0]["messages"] == [{"role": m["role"], "content": m["content"]} for m in selected["messages"][0].to_list()]
     assert ds["id"] == selected["id"].to_list()
 
 
@@ -144,8 +144,10 @@ def test_hf_export_loads_from_disk(exports: dict, selected: pl.DataFrame) -> Non
 
     ds = datasets.load_from_disk(exports["hf"]["data"])
     assert ds.num_rows == selected.height
-    assert ds["messages"] == selected["messages"].to_list()
-    assert set(ds.column_names) == {"messages", "id", "source", "source_row", "meta"}
+    assert [[{k: v for k, v in m.items() if v is not None} for m in c] for c in ds["messages"]] == [
+        [{k: v for k, v in m.items() if v is not None} for m in c] for c in selected["messages"].to_list()]
+    # the sources' own fields (ShareGPT's and FastChat's `id`, renamed at ingest) come back as they were
+    assert set(ds.column_names) == {"messages", "tools", "id", "source", "source_row", "user.id"}
     assert (Path(exports["hf"]["data"]) / "README.md").exists()
 
 
@@ -163,7 +165,8 @@ def test_hf_export_splits_into_several_arrow_files(run_dir: Path, selected: pl.D
     assert ds["id"] == selected["id"].to_list()
     assert ds["len_response_tokens"] == selected["len_response_tokens"].to_list()
     assert ds["select_rank"] == selected["select_rank"].to_list()
-    assert ds.features["messages"] == datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    assert set(ds.features["messages"].feature) == {"role", "content", "reasoning_content", "tool_calls",
+                                                    "tool_call_id", "name"}
     rows, _ = read_table(info["data"])
     assert rows["messages"].to_list() == selected["messages"].to_list()
 

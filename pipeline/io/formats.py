@@ -2,21 +2,41 @@
 
 Each format is a function ``record -> (messages, unmapped_fields)`` that raises :class:`Reject`
 with a short reason when the record cannot be mapped. Detection looks at the keys of a record.
+A record's ``tools`` field (tool definitions) is taken by the reader for every format
+(:func:`take_tools`); the unmapped fields become user columns.
+
+Tool calls and reasoning (see :mod:`pipeline.schema` for the stored form):
+
+* OpenAI ``messages``: assistant ``tool_calls: [{id, type, function: {name, arguments}}]`` (also
+  the legacy ``function_call: {name, arguments}``; a flat ``{name, arguments}`` call is accepted),
+  ``content`` null or absent beside them; ``tool`` messages with ``tool_call_id`` and ``name``
+  (the legacy ``function`` role too); ``reasoning_content`` (or ``reasoning``) on assistant turns.
+* ShareGPT (LLaMA-Factory / glaive-toolcall / xLAM style): ``from: function_call`` turns whose
+  ``value`` is the JSON of a call ``{name, arguments}`` (or a list of calls), ``from: observation``
+  (or ``tool``) for tool results, a top-level ``tools`` JSON string. A ``function_call`` turn that
+  follows a ``gpt`` turn is that assistant turn's calls (one assistant message, as in OpenAI); an
+  ``id`` inside a call and ``tool_call_id`` / ``name`` keys on an observation turn are kept.
+  Hermes-style ``<tool_call>`` text inside a ``gpt`` turn stays text.
+* ``<think>...</think>``: an assistant turn whose content starts with a think block and has no
+  reasoning field gets the block as ``reasoning`` and the rest as ``content`` (:func:`split_think`),
+  unless the source sets ``reasoning: fields`` (content kept verbatim).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.schema import ROLE_ALIASES
+from pipeline.schema import ROLE_ALIASES, arguments_text, tools_text
 
 
 class Reject(ValueError):
     """A record that cannot be mapped; ``str(exc)`` is the reason written to the rejects shard."""
 
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 Mapper = Callable[[dict[str, Any]], tuple[Messages, dict[str, Any]]]
 
 
@@ -79,6 +99,125 @@ def check_messages(messages: Messages) -> Messages:
     return messages
 
 
+#: ShareGPT roles of an assistant's tool call (LLaMA-Factory ``function_call``; ``tool_call`` in some exports)
+CALL_ROLES: frozenset[str] = frozenset({"function_call", "tool_call"})
+
+#: the reasoning-trace fields of an assistant message, in order of preference
+REASONING_FIELDS: tuple[str, ...] = ("reasoning_content", "reasoning")
+
+#: how a source's reasoning is read: "auto" (fields, else a leading think block), "fields" (fields only)
+REASONING_MODES: tuple[str, ...] = ("auto", "fields")
+THINK_TAGS: tuple[str, str] = ("<think>", "</think>")
+
+
+def think_pattern(tags: tuple[str, str] = THINK_TAGS) -> str:
+    """The regex of a leading think block: group 1 the reasoning (surrounding newlines stripped, as
+    Qwen3's chat template parses it), group 2 the content after it (leading newlines stripped).
+    The same pattern serves Python's ``re`` and Polars (Rust ``regex``)."""
+    o, c = re.escape(tags[0]), re.escape(tags[1])
+    return rf"(?s)\A\s*{o}\n*(.*?)\n*{c}\n*(.*)\z"
+
+
+_THINK = re.compile(think_pattern().replace(r"\z", r"\Z"))
+
+
+def split_think(content: str, pattern: re.Pattern[str] | None = None) -> tuple[str | None, str]:
+    """``(reasoning, content)`` of an assistant turn whose content starts with a think block, else
+    ``(None, content)``. An unterminated block is left in the content."""
+    m = (pattern or _THINK).match(content)
+    if m is None:
+        return None, content
+    return m.group(1), m.group(2)
+
+
+def think_regex(tags: tuple[str, str]) -> re.Pattern[str]:
+    return _THINK if tuple(tags) == THINK_TAGS else re.compile(think_pattern(tags).replace(r"\z", r"\Z"))
+
+
+def apply_think(messages: Messages, pattern: re.Pattern[str] | None = None) -> Messages:
+    """Split leading think blocks of assistant turns that have no reasoning field (in place)."""
+    for m in messages:
+        if m["role"] == "assistant" and m.get("reasoning") is None and m["content"]:
+            r, c = split_think(m["content"], pattern)
+            if r is not None:
+                m["reasoning"], m["content"] = r, c
+    return messages
+
+
+def _opt_str(t: dict[str, Any], key: str, where: str) -> str | None:
+    v = t.get(key)
+    if v is None or isinstance(v, str):
+        return v
+    raise Reject(f"{where}: {key} must be a string, got {type(v).__name__}")
+
+
+def _call(c: Any, where: str) -> dict[str, Any]:
+    """One tool call -> ``{id, type, name, arguments}``: OpenAI ``{id, type, function: {name,
+    arguments}}`` or a flat ``{name, arguments}`` (ShareGPT / xLAM)."""
+    if not isinstance(c, dict):
+        raise Reject(f"{where}: a tool call must be an object, got {type(c).__name__}")
+    fn = c.get("function") if isinstance(c.get("function"), dict) else c
+    name = fn.get("name")
+    if not isinstance(name, str):
+        raise Reject(f"{where}: tool call without a function name")
+    args = fn.get("arguments", fn.get("parameters"))
+    typ = c.get("type")
+    cid = c.get("id")
+    return {"id": None if cid is None else str(cid), "type": typ if isinstance(typ, str) else "function",
+            "name": name, "arguments": arguments_text({} if args is None else args)}
+
+
+def _calls(val: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(val, str):  # ShareGPT: the JSON of a call or of a list of calls
+        try:
+            val = json.loads(val)
+        except ValueError:
+            raise Reject(f"{where}: function_call value is not JSON") from None
+    if isinstance(val, dict):
+        val = [val]
+    if not isinstance(val, list):
+        raise Reject(f"{where}: tool_calls must be a list, got {type(val).__name__}")
+    return [_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(val)]
+
+
+def _turn(t: dict[str, Any], rk: str, ck: str, where: str) -> dict[str, Any]:
+    """One OpenAI / ShareGPT turn -> a canonical message (see the module docstring)."""
+    raw_role = t.get(rk)
+    if isinstance(raw_role, str) and raw_role.strip().lower() in CALL_ROLES:
+        return {"role": "assistant", "content": "", "tool_calls": _calls(t.get(ck), where),
+                "_call_turn": True}
+    role = _role(raw_role, where)
+    msg: dict[str, Any] = {"role": role}
+    calls = None
+    if role == "assistant":
+        if t.get("tool_calls") is not None:
+            calls = _calls(t["tool_calls"], where)
+        elif t.get("function_call") is not None:  # OpenAI's legacy single call
+            calls = _calls(t["function_call"], where)
+        reasoning = None
+        for k in REASONING_FIELDS:
+            if t.get(k) is not None:
+                reasoning = _opt_str(t, k, where)
+                break
+        if reasoning is not None:
+            msg["reasoning"] = reasoning
+        if calls:
+            msg["tool_calls"] = calls
+    val = t.get(ck)
+    if val is None and role == "assistant" and (calls or msg.get("reasoning") is not None):
+        msg["content"] = ""  # a turn that only calls tools (or only reasons)
+    else:
+        msg["content"] = _content(val, where)
+    if role == "tool":
+        tcid = t.get("tool_call_id")
+        if tcid is not None:
+            msg["tool_call_id"] = str(tcid)
+    name = _opt_str(t, "name", where)
+    if name is not None:
+        msg["name"] = name
+    return msg
+
+
 def _turns(rec: dict[str, Any], key: str) -> tuple[Messages, set[str]]:
     turns = rec.get(key)
     if turns is None:
@@ -97,8 +236,20 @@ def _turns(rec: dict[str, Any], key: str) -> tuple[Messages, set[str]]:
             raise Reject(f"{where} must be an object, got {type(t).__name__}")
         rk = "from" if "from" in t else "role"
         ck = "value" if "value" in t else "content"
-        out.append({"role": _role(t.get(rk), where), "content": _content(t.get(ck), where)})
+        msg = _turn(t, rk, ck, where)
+        if msg.pop("_call_turn", False) and out and out[-1]["role"] == "assistant" and not out[-1].get("tool_calls"):
+            out[-1]["tool_calls"] = msg["tool_calls"]  # ShareGPT gpt + function_call: one assistant turn
+            continue
+        out.append(msg)
     return check_messages(out), used
+
+
+def take_tools(rec: dict[str, Any]) -> str | None:
+    """The record's tool definitions as canonical JSON text (:func:`pipeline.schema.tools_text`)."""
+    try:
+        return tools_text(rec.get("tools"))
+    except ValueError as e:
+        raise Reject(str(e)) from None
 
 
 def map_sharegpt(rec: dict[str, Any]) -> tuple[Messages, dict[str, Any]]:
@@ -169,8 +320,10 @@ FORMATS: dict[str, Mapper] = {
 }
 
 FORMAT_HELP: dict[str, str] = {
-    "sharegpt": "conversations: [{from|role, value|content}], roles human/gpt/chatgpt/bing/bard/user/assistant/system/tool; optional system",
-    "messages": "messages: [{role, content}] (OpenAI style; content may be a list of text parts); optional system",
+    "sharegpt": "conversations: [{from|role, value|content}], roles human/gpt/chatgpt/bing/bard/user/assistant/system/"
+                "tool/observation/function_call (LLaMA-Factory tool calls: value = JSON {name, arguments}); optional system, tools",
+    "messages": "messages: [{role, content}] (OpenAI style; content may be a list of text parts; assistant tool_calls "
+                "and reasoning_content, tool messages with tool_call_id/name); optional system, tools (JSON list)",
     "alpaca": "instruction, optional input, output or response; optional system",
     "prompt_completion": "prompt, completion (or canonical_solution as in HumanEval, or response)",
     "question_answer": "question, answer (or ground_truth), as in GSM8K",

@@ -1,10 +1,19 @@
 """Streaming readers: files of any supported format -> batches of canonical rows + rejects.
 
 Container formats: JSONL (``.jsonl``/``.ndjson``, optionally ``.gz``), JSON arrays (``.json``,
-optionally ``.gz``; parsed incrementally, never loaded whole), Parquet (read by row group), and
-Hugging Face ``datasets`` (a ``save_to_disk`` directory, or any ``load_dataset`` builder over local
-files). Record formats are in :mod:`pipeline.io.formats`; the format is detected from the first
-well-formed record of each source unless the source forces one.
+optionally ``.gz``; parsed incrementally, never loaded whole), Parquet (read by row group), CSV /
+TSV (``.csv``/``.tsv``, optionally ``.gz``; column types inferred over the whole file, then read in
+blocks), and Hugging Face ``datasets`` (a ``save_to_disk`` directory, or any ``load_dataset``
+builder over local files; a ``DatasetDict`` gives every split, with a ``split`` column, unless
+``hf_split`` names one). Record formats are in :mod:`pipeline.io.formats`; the format is detected
+from the first well-formed record of each source unless the source forces one.
+
+Every input field a format does not map becomes a typed top-level column of its own (a *user
+column*, named by :func:`pipeline.schema.user_column_name`): Parquet, CSV and datasets columns keep
+their Arrow types; JSON values are typed by Arrow's inference per batch, and a field whose values
+mix kinds (a number here, a string there) becomes a string column holding strings verbatim and other
+values as JSON text. Batches of one source may still differ in a column's type (ints in one batch,
+floats in the next): :func:`unify_tables` gives them one schema.
 
 Memory is bounded by ``batch_rows``: readers yield :class:`Batch` objects and never hold a file.
 
@@ -19,6 +28,7 @@ import gzip
 import io
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +38,44 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from pipeline.io.formats import FORMATS, Reject, detect_format
+from pipeline.io.formats import (
+    CALL_ROLES,
+    FORMATS,
+    REASONING_MODES,
+    THINK_TAGS,
+    Reject,
+    apply_think,
+    detect_format,
+    take_tools,
+    think_pattern,
+    think_regex,
+)
+from pipeline.io.shards import unify_tables
 from pipeline.schema import (
     CANONICAL,
     RAW_LIMIT,
     REJECTS,
     ROLE_ALIASES,
+    conform_messages,
     hash_payloads,
     message_id,
     message_ids,
     message_part_expr,
+    reserved_columns,
+    user_column_name,
 )
 
-CONTAINERS = ("auto", "jsonl", "json", "parquet", "hf_disk", "hf_load")
+CONTAINERS = ("auto", "jsonl", "json", "parquet", "csv", "tsv", "hf_disk", "hf_load")
+
+#: every ``hf_*`` key of a source, with what it means (``curate formats`` prints these)
+HF_KEYS: dict[str, str] = {
+    "hf_builder": "container hf_load: the `datasets.load_dataset` builder over the local path "
+                  "(json, parquet, csv, text, arrow, ...); required there",
+    "hf_split": "container hf_disk / hf_load: the split to read (train, test, ...); unset: every split "
+                "of a DatasetDict, with a `split` column (a single Dataset has none)",
+    "hf_kwargs": "container hf_load: extra keyword arguments for `datasets.load_dataset` "
+                 "(e.g. {delimiter: ';'} for csv, {field: data} for json)",
+}
 
 
 class SourceError(RuntimeError):
@@ -73,12 +108,27 @@ class SourceSpec:
     container: str = "auto"
     format: str = "auto"
     hf_builder: str | None = None  # for container=hf_load: "json", "parquet", "csv", ...
-    hf_split: str = "train"
+    hf_split: str | None = None  # None: every split of a DatasetDict (a `split` column)
     hf_kwargs: dict[str, Any] = field(default_factory=dict)
+    reasoning: str = "auto"  # "auto": reasoning fields, else a leading think block; "fields": fields only
+    think_tags: tuple[str, str] = THINK_TAGS
 
     @property
     def source_name(self) -> str:
         return self.name or Path(self.path).name
+
+    @classmethod
+    def from_config(cls, sc: Any, path: str) -> SourceSpec:
+        """The reader settings of a config's source entry (``pipeline.config.SourceConfig``);
+        ``path`` resolved by the caller."""
+        return cls(path=path, name=sc.name, container=sc.container, format=sc.format, hf_builder=sc.hf_builder,
+                   hf_split=sc.hf_split, hf_kwargs=dict(getattr(sc, "hf_kwargs", None) or {}),
+                   reasoning=getattr(sc, "reasoning", "auto"), think_tags=tuple(getattr(sc, "think_tags", THINK_TAGS)))
+
+    def key_parts(self) -> tuple[Any, ...]:
+        """Every reader setting that shapes the rows (for an ingest cache key)."""
+        return (self.source_name, self.container, self.format, self.hf_builder, self.hf_split,
+                json.dumps(self.hf_kwargs, sort_keys=True, default=str), self.reasoning, list(self.think_tags))
 
 
 def _raw_text(rec: Any) -> str:
@@ -105,6 +155,10 @@ def detect_container(path: str) -> str:
         return "json"
     if name.endswith(".parquet"):
         return "parquet"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".tsv", ".tab")):
+        return "tsv"
     raise SourceError(f"{path}: cannot tell the container from the name; set container to one of {CONTAINERS[1:]}")
 
 
@@ -284,31 +338,92 @@ def _iter_parquet(path: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
                 yield start + j, rec
 
 
-def _iter_hf(spec: SourceSpec, batch_rows: int) -> Iterator[tuple[int, Any]]:
+_HF_LOAD_LOCK = threading.Lock()
+
+
+def _hf_parts(spec: SourceSpec) -> list[tuple[str | None, Any]]:
+    """``(split, datasets.Dataset)`` of a Hugging Face source: one per split of a ``DatasetDict``
+    (in its order) unless ``hf_split`` names one; ``split`` is None for a plain ``Dataset``."""
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - depends on the install
         raise SourceError(f"{spec.path}: reading Hugging Face datasets needs `pip install datasets`") from e
+    if spec.container == "hf_load" and not spec.hf_builder:
+        raise SourceError(f"{spec.path}: container hf_load needs hf_builder (e.g. json, parquet, csv)")
     try:
-        if spec.container == "hf_disk":
-            ds = datasets.load_from_disk(spec.path)
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds[spec.hf_split]
-        else:
-            if not spec.hf_builder:
-                raise SourceError(f"{spec.path}: container hf_load needs hf_builder (e.g. json, parquet, csv)")
-            ds = datasets.load_dataset(spec.hf_builder, data_files=spec.path, split=spec.hf_split, **spec.hf_kwargs)
+        # one load at a time per process: `datasets` loads on threads race on tqdm's class lock
+        # ("tqdm has no attribute '_lock'") when two sources of a run open at once
+        with _HF_LOAD_LOCK:
+            if spec.container == "hf_disk":
+                ds = datasets.load_from_disk(spec.path)
+            else:
+                ds = datasets.load_dataset(spec.hf_builder, data_files=spec.path, split=spec.hf_split, **spec.hf_kwargs)
     except SourceError:
         raise
     except Exception as e:
         raise SourceError(f"{spec.path}: cannot load as a Hugging Face dataset: {e}") from e
+    if isinstance(ds, datasets.DatasetDict):
+        if spec.hf_split is not None:
+            if spec.hf_split not in ds:
+                raise SourceError(f"{spec.path}: no split {spec.hf_split!r}; splits: {', '.join(ds)}")
+            return [(None, ds[spec.hf_split])]  # one split named: no split column, as for a Dataset
+        return list(ds.items())
+    return [(None, ds)]
+
+
+def _hf_batches(ds: Any, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    start = 0
+    for tbl in ds.with_format("arrow").iter(batch_size=batch_rows):
+        yield start, tbl
+        start += tbl.num_rows
+
+
+def _iter_hf(spec: SourceSpec, batch_rows: int) -> Iterator[tuple[int, Any]]:
     i = 0
-    for b in ds.iter(batch_size=batch_rows):
-        keys = list(b)
-        n = len(b[keys[0]]) if keys else 0
-        for j in range(n):
-            yield i, {k: b[k][j] for k in keys}
-            i += 1
+    for _split, ds in _hf_parts(spec):
+        for _, tbl in _hf_batches(ds, batch_rows):
+            for rec in tbl.to_pylist():
+                yield i, rec
+                i += 1
+
+
+def _csv_batches(spec: SourceSpec, container: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
+    """``(start_row, record_batch)`` of a CSV/TSV file: column types inferred by Polars over the whole
+    file (Int64, Float64, Boolean, else String), then read in blocks by Arrow's streaming reader."""
+    import pyarrow.csv as pacsv
+
+    delim = "\t" if container == "tsv" else ","
+    try:
+        schema = pl.scan_csv(spec.path, separator=delim, infer_schema_length=None).collect_schema()
+        arrow = {pl.Int64: pa.int64(), pl.Float64: pa.float64(), pl.Boolean: pa.bool_()}
+        types = {n: arrow.get(t, pa.string()) for n, t in schema.items()}
+    except Exception:  # noqa: BLE001 - e.g. a gzip file Polars cannot scan: every column a string
+        types = None
+    try:
+        stream = pa.input_stream(spec.path, compression="gzip" if spec.path.endswith(".gz") else None)
+        reader = pacsv.open_csv(
+            stream, read_options=pacsv.ReadOptions(block_size=1 << 22),
+            parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types=types or {}, strings_can_be_null=False,
+                                                 auto_dict_encode=False))
+        if types is None:
+            reader_schema = reader.schema
+            if any(not pa.types.is_string(f.type) for f in reader_schema):
+                stream = pa.input_stream(spec.path, compression="gzip" if spec.path.endswith(".gz") else None)
+                reader = pacsv.open_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=True),
+                                        convert_options=pacsv.ConvertOptions(
+                                            column_types={f.name: pa.string() for f in reader_schema}))
+    except (OSError, pa.ArrowException) as e:
+        raise SourceError(f"{spec.path}: cannot read as {container.upper()}: {e}") from e
+    start = 0
+    try:
+        for rb in reader:
+            for off in range(0, rb.num_rows, batch_rows):
+                part = rb.slice(off, batch_rows)
+                yield start, part
+                start += part.num_rows
+    except (OSError, pa.ArrowException) as e:
+        yield start, (1, f"unreadable {container.upper()} after row {start}: {e}; rest of file unreadable")
 
 
 def iter_records(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[tuple[int, Any]]:
@@ -321,6 +436,9 @@ def iter_records(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[tuple[i
         return _iter_json_array(spec.path)
     if container == "parquet":
         return _iter_parquet(spec.path, batch_rows)
+    if container in ("csv", "tsv"):
+        return ((start + j, rec) for start, rb in _csv_batches(spec, container, batch_rows)
+                for j, rec in (enumerate(rb.to_pylist()) if not isinstance(rb, tuple) else [(0, _Raw(rb[1], ""))]))
     if container in ("hf_disk", "hf_load"):
         spec.container = container
         return _iter_hf(spec, batch_rows)
@@ -330,13 +448,35 @@ def iter_records(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[tuple[i
 # ---------------------------------------------------------------- mapping to canonical rows
 
 
+def _json_text(v: Any) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    return orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
+
+
+def user_array(values: list[Any], type_: pa.DataType | None = None) -> pa.Array:
+    """One user column of a batch: Arrow's type for the values (``type_`` when the container gives
+    one), or, where the values mix kinds, strings verbatim and other values as JSON text."""
+    if type_ is not None:
+        try:
+            return pa.array(values, type=type_)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
+    try:
+        return pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return pa.array([_json_text(v) for v in values], pa.string())
+
+
 class _BatchBuilder:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, spec: SourceSpec | None = None) -> None:
         self.source = source
+        self.think = think_regex(spec.think_tags) if spec is None or spec.reasoning == "auto" else None
         self.ids: list[str] = []
         self.rows: list[int] = []
-        self.msgs: list[list[dict[str, str]]] = []
-        self.meta: list[str | None] = []
+        self.msgs: list[list[dict[str, Any]]] = []
+        self.tools: list[str | None] = []
+        self.rest: list[dict[str, Any]] = []
         self.rj_rows: list[int] = []
         self.rj_reason: list[str] = []
         self.rj_raw: list[str] = []
@@ -366,8 +506,13 @@ class _BatchBuilder:
                 if other is None or other == fmt:
                     raise
                 msgs, rest = FORMATS[other](rec)
-            mid = message_id(msgs)
-            meta = orjson.dumps(rest, option=orjson.OPT_NON_STR_KEYS, default=str).decode() if rest else None
+            tools = take_tools(rec)
+            rest.pop("tools", None)
+            if self.think is not None:
+                apply_think(msgs, self.think)
+            mid = message_id(msgs, tools)
+            if rest:  # lone surrogates in a user field would fail the whole batch's Arrow conversion
+                orjson.dumps(rest, option=orjson.OPT_NON_STR_KEYS, default=str)
         except Reject as e:
             self.reject(row, str(e), _raw_text(rec))
             return
@@ -377,20 +522,29 @@ class _BatchBuilder:
         self.ids.append(mid)
         self.rows.append(row)
         self.msgs.append(msgs)
-        self.meta.append(meta)
+        self.tools.append(tools)
+        self.rest.append(rest)
 
-    def build(self, fmt: str | None) -> Batch:
+    def build(self, fmt: str | None, types: pa.Schema | None = None) -> Batch:
+        """The batch's rows (canonical columns, then one column per unmapped input field, typed as in
+        ``types`` when the container has a schema) and rejects."""
         n = len(self.ids)
-        rows = pa.Table.from_arrays(
-            [
-                pa.array(self.ids, pa.string()),
-                pa.array([self.source] * n, pa.string()),
-                pa.array(self.rows, pa.int64()),
-                pa.array(self.msgs, CANONICAL.field("messages").type),
-                pa.array(self.meta, pa.string()),
-            ],
-            schema=CANONICAL,
-        )
+        arrays = [
+            pa.array(self.ids, pa.string()),
+            pa.array([self.source] * n, pa.string()),
+            pa.array(self.rows, pa.int64()),
+            pa.array(self.msgs, CANONICAL.field("messages").type),
+            pa.array(self.tools, pa.string()),
+        ]
+        fields = list(CANONICAL)
+        keys = list(dict.fromkeys(k for r in self.rest for k in r))
+        reserved = reserved_columns()
+        for k in keys:
+            t = types.field(k).type if types is not None and types.get_field_index(k) >= 0 else None
+            arr = user_array([r.get(k) for r in self.rest], t)
+            arrays.append(arr)
+            fields.append(pa.field(user_column_name(str(k), reserved), arr.type))
+        rows = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
         rejects = pa.Table.from_arrays(
             [
                 pa.array([self.source] * len(self.rj_rows), pa.string()),
@@ -405,7 +559,7 @@ class _BatchBuilder:
 
 # ---------------------------------------------------------------- vectorised mapping of Arrow batches
 # Parquet and datasets batches of the common shapes are mapped with Polars expressions instead of
-# per-record Python; the result (messages, ids, reject reasons, meta) is the same as the record
+# per-record Python; the result (messages, ids, reject reasons, user columns) is the same as the record
 # mappers in pipeline.io.formats give. Anything unusual (non-string columns, content parts, mixed
 # answer keys) returns None and the batch takes the per-record path.
 
@@ -423,20 +577,26 @@ def _is_str(dtype: pl.DataType) -> bool:
     return dtype in (pl.String, pl.Null)
 
 
-def _meta_expr(cols: list[str]) -> pl.Expr:
-    if not cols:
-        return pl.lit(None, dtype=pl.String)
-    return pl.struct(cols).struct.json_encode()
+def _user_exprs(cols: list[str]) -> list[pl.Expr]:
+    """The unmapped columns of a batch as user columns (renamed where the tool uses the name)."""
+    reserved = reserved_columns()
+    return [pl.col(c).alias(user_column_name(c, reserved)) for c in cols]
 
 
 def _map_flat(df: pl.DataFrame, fmt: str) -> pl.DataFrame | None:
     prompt, extra, answers, system = _FLAT[fmt]
     schema = df.schema
+    if "tools" in schema:  # tool definitions are parsed and canonicalised per record
+        return None
     used = [c for c in (prompt, extra, system, *answers) if c is not None and c in schema]
     if any(not _is_str(schema[c]) for c in used):
         return None
+    nulls = [c for c in used if schema[c] == pl.Null]
+    if nulls:  # an all-null column (datasets types it Null): String, so the text expressions apply
+        df = df.with_columns(pl.col(c).cast(pl.String) for c in nulls)
+        schema = df.schema
     present = [a for a in answers if a in schema]
-    # one answer key for the whole batch, else per-record semantics (meta differs per row)
+    # one answer key for the whole batch, else per-record semantics (user columns differ per row)
     key_idx = pl.coalesce([pl.when(pl.col(a).is_not_null()).then(pl.lit(i)) for i, a in enumerate(present)]) if present else pl.lit(None)
     keys = df.select(key_idx.alias("k"))["k"].drop_nulls().unique()
     if keys.len() > 1:
@@ -467,13 +627,13 @@ def _map_flat(df: pl.DataFrame, fmt: str) -> pl.DataFrame | None:
         payload = pl.when(has_sys).then(pl.concat_str([message_part_expr("system", sys_), payload])).otherwise(payload)
     drop = {prompt, extra, system, out_key}
     rest = [c for c in df.columns if c not in drop and c != "_row"]
-    return df.select(pl.col("_row"), reason.alias("_reason"), msgs.alias("messages"), _meta_expr(rest).alias("meta"),
-                     payload.alias("_payload"))
+    return df.select(pl.col("_row"), reason.alias("_reason"), msgs.alias("messages"), payload.alias("_payload"),
+                     *_user_exprs(rest))
 
 
 def _map_turns(df: pl.DataFrame, key: str) -> pl.DataFrame | None:
     schema = df.schema
-    if key not in schema or "system" in schema:
+    if key not in schema or "system" in schema or "tools" in schema:
         return None
     dt = schema[key]
     if not isinstance(dt, pl.List) or not isinstance(dt.inner, pl.Struct):
@@ -483,7 +643,15 @@ def _map_turns(df: pl.DataFrame, key: str) -> pl.DataFrame | None:
     ck = "value" if "value" in fields else "content"
     if rk not in fields or ck not in fields or not _is_str(fields[rk]) or not _is_str(fields[ck]):
         return None
+    if fields[rk] == pl.Null or fields[ck] == pl.Null:
+        return None
+    if set(fields) - {rk, ck}:  # tool calls, reasoning, names, ...: the per-record mappers keep them
+        return None
     el = pl.element()
+    calls = df.select(pl.col(key).list.eval(el.struct.field(rk).str.strip_chars().str.to_lowercase()
+                                            .is_in(list(CALL_ROLES))).list.any().any()).item()
+    if calls:  # ShareGPT function_call turns merge into assistant messages: the per-record mappers do that
+        return None
     idx = pl.int_range(pl.len()).cast(pl.String)
     raw_role = el.struct.field(rk)
     role = raw_role.str.strip_chars().str.to_lowercase().replace_strict(_ALIASES_LOWER, default=None, return_dtype=pl.String)
@@ -502,7 +670,7 @@ def _map_turns(df: pl.DataFrame, key: str) -> pl.DataFrame | None:
         c.is_null().alias("_missing"),
         c.list.eval(turn_err).list.drop_nulls().list.first().alias("_turn_err"),
         c.list.eval(pl.struct(role.alias("role"), content.alias("content"))).alias("messages"),
-        _meta_expr([x for x in df.columns if x not in (key, "_row")]).alias("meta"),
+        *_user_exprs([x for x in df.columns if x not in (key, "_row")]),
     )
     roles = pl.col("messages").list.eval(el.struct.field("role"))
     reason = (
@@ -513,11 +681,26 @@ def _map_turns(df: pl.DataFrame, key: str) -> pl.DataFrame | None:
         .when(~roles.list.contains("user")).then(pl.lit("no user turn"))
         .otherwise(pl.lit(None, pl.String))
     )
-    return tmp.select(pl.col("_row"), reason.alias("_reason"), pl.col("messages"), pl.col("meta"))
+    return tmp.select(pl.col("_row"), reason.alias("_reason"), pl.exclude("_row", "_missing", "_turn_err"))
 
 
-def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, source: str) -> Batch | None:
-    """Map a whole Arrow batch of records in format ``fmt`` at once; None if it needs the per-record path."""
+def think_split_expr(tags: tuple[str, str] = THINK_TAGS, messages: str = "messages") -> pl.Expr:
+    """:func:`pipeline.io.formats.apply_think` over a full-typed ``messages`` column, in Polars."""
+    pat = think_pattern(tags)
+    el = pl.element()
+    content = el.struct.field("content")
+    hit = (el.struct.field("role") == "assistant") & el.struct.field("reasoning").is_null() & content.str.contains(pat)
+    return pl.col(messages).list.eval(el.struct.with_fields(
+        pl.when(hit).then(content.str.extract(pat, 1)).otherwise(el.struct.field("reasoning")).alias("reasoning"),
+        pl.when(hit).then(content.str.extract(pat, 2)).otherwise(content).alias("content"),
+    ))
+
+
+def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, source: str,
+                    spec: SourceSpec | None = None) -> Batch | None:
+    """Map a whole Arrow batch of records in format ``fmt`` at once; None if it needs the per-record path.
+
+    ``spec`` gives the reasoning settings (default: split leading think blocks)."""
     if fmt not in _FLAT and fmt not in ("sharegpt", "messages"):
         return None
     try:
@@ -540,13 +723,28 @@ def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, sou
         raw_text = raw.select(pl.struct(raw.columns).struct.json_encode().str.slice(0, RAW_LIMIT).alias("raw"))["raw"] if raw.width else pl.Series("raw", [""] * bad.height)
     else:
         raw_text = pl.Series("raw", [], dtype=pl.String)
-    rows = pl.DataFrame({
-        "id": hash_payloads(good["_payload"]) if "_payload" in good.columns else message_ids(good["messages"]),
+    ids = None
+    if spec is None or spec.reasoning == "auto":
+        tags = THINK_TAGS if spec is None else tuple(spec.think_tags)
+        has = good.select(pl.col("messages").list.eval(
+            pl.element().struct.field("content").str.contains(tags[0], literal=True)).list.any().any())
+        if has.item():  # the message struct gets its other fields (null) only when reasoning is split off
+            good = conform_messages(good).with_columns(think_split_expr(tags))  # type: ignore[arg-type]
+            ids = message_ids(good["messages"])
+    if ids is None:  # role/content only: the payload straight from the columns, or from the 2-field struct
+        ids = hash_payloads(good["_payload"]) if "_payload" in good.columns else message_ids(good["messages"])
+    user = [c for c in good.columns if c not in ("_row", "_reason", "_payload", "messages", "tools")]
+    frame = pl.DataFrame({
+        "id": ids,
         "source": pl.Series([source] * good.height, dtype=pl.String),
         "source_row": good["_row"].cast(pl.Int64),
         "messages": good["messages"],
-        "meta": good["meta"],
-    }).to_arrow().cast(CANONICAL)
+        "tools": pl.Series([None] * good.height, dtype=pl.String),  # a source with tools takes the per-record path
+    }).hstack(good.select(user).get_columns())
+    table = frame.to_arrow()
+    canon = table.select(CANONICAL.names).cast(CANONICAL)
+    extra = table.select(user)
+    rows = pa.Table.from_arrays([*canon.columns, *extra.columns], schema=pa.schema([*CANONICAL, *extra.schema]))
     rejects = pl.DataFrame({
         "source": pl.Series([source] * bad.height, dtype=pl.String),
         "source_row": bad["_row"].cast(pl.Int64),
@@ -556,37 +754,60 @@ def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, sou
     return Batch(rows, rejects, fmt)
 
 
-def _read_arrow_source(spec: SourceSpec, batch_rows: int, fmt: str | None) -> Iterator[Batch] | None:
-    """Vectorised reading of a Parquet source; None when the format needs the per-record path."""
-    pf = _open_parquet(spec.path)
-    if fmt is None:
-        first = next((b for _, b in _parquet_batches(pf, 1) if not isinstance(b, tuple)), None)
-        if first is None:
-            # empty, or not one readable row: the per-record path rejects what is unreadable
-            return iter(()) if pf.metadata.num_rows == 0 else None
-        fmt = detect_format(first.to_pylist()[0])
+def _detect_in_batch(rb: Any) -> str | None:
+    """The format of the first of a batch's first 100 records that has a recognisable shape."""
+    for j in range(min(rb.num_rows, 100)):
+        fmt = detect_format(rb.slice(j, 1).to_pylist()[0])
+        if fmt is not None:
+            return fmt
+    return None
+
+
+def _read_arrow_batches(spec: SourceSpec, batches: Iterator[tuple[int, Any]], fmt: str | None) -> Iterator[Batch]:
+    """Canonical batches of a stream of ``(start_row, Arrow batch | (n_lost, reason))``: vectorised
+    where the format allows, else per record with the container's column types."""
+    auto = spec.format == "auto"
+    for start, rb in batches:
+        if isinstance(rb, tuple):
+            yield _lost_rows_batch(spec, start, *rb, fmt=fmt)
+            continue
         if fmt is None:
-            return None
-
-    def gen() -> Iterator[Batch]:
-        for start, rb in _parquet_batches(pf, batch_rows):
-            if isinstance(rb, tuple):
-                yield _lost_rows_batch(spec, start, *rb, fmt=fmt)
-                continue
-            b = map_arrow_batch(rb, fmt, start, spec.source_name)
-            if b is None:  # this batch needs the per-record mappers
-                builder = _BatchBuilder(spec.source_name)
+            fmt = _detect_in_batch(rb)
+            if fmt is None:  # nothing recognisable in the batch's head: its rows are of unknown format
+                b = _BatchBuilder(spec.source_name, spec)
                 for j, rec in enumerate(rb.to_pylist()):
-                    builder.add(start + j, rec, fmt, spec.format == "auto")
-                b = builder.build(fmt)
-            yield b
+                    b.reject(start + j, "unknown record format; set the source's format", _raw_text(rec))
+                yield b.build(None)
+                continue
+        b = map_arrow_batch(rb, fmt, start, spec.source_name, spec)
+        if b is None:  # this batch needs the per-record mappers
+            builder = _BatchBuilder(spec.source_name, spec)
+            for j, rec in enumerate(rb.to_pylist()):
+                builder.add(start + j, rec, fmt, auto)
+            b = builder.build(fmt, types=rb.schema)
+        yield b
 
-    return gen()
+
+def _with_split(batches: Iterator[Batch], split: str | None, offset: int) -> Iterator[Batch]:
+    """Batches of one split of a DatasetDict: ``source_row`` continues across splits, ``split`` names it."""
+    import pyarrow.compute as pc
+
+    for b in batches:
+        rows, rej = b.rows, b.rejects
+        if offset:
+            rows = rows.set_column(rows.schema.get_field_index("source_row"), CANONICAL.field("source_row"),
+                                   pc.add(rows["source_row"], offset))
+            rej = rej.set_column(rej.schema.get_field_index("source_row"), REJECTS.field("source_row"),
+                                 pc.add(rej["source_row"], offset))
+        if split is not None:
+            rows = rows.add_column(len(CANONICAL), pa.field("split", pa.string()),
+                                   pa.array([split] * rows.num_rows, pa.string()))
+        yield Batch(rows, rej, b.format)
 
 
 def _lost_rows_batch(spec: SourceSpec, start: int, n: int, reason: str, fmt: str | None) -> Batch:
     """Rows ``start .. start + n - 1`` that could not be decoded: one reject each."""
-    b = _BatchBuilder(spec.source_name)
+    b = _BatchBuilder(spec.source_name, spec)
     for row in range(start, start + n):
         b.reject(row, reason, "")
     return b.build(fmt)
@@ -596,22 +817,33 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
     """Stream one source as canonical batches of at most ``batch_rows`` input records.
 
     Raises :class:`SourceError` when the source cannot be opened at all; everything wrong with an
-    individual record becomes a reject row instead.
+    individual record becomes a reject row instead. Batches carry the canonical columns, ``split``
+    for a DatasetDict read whole, then the source's user columns.
     """
     if spec.format != "auto" and spec.format not in FORMATS:
         raise SourceError(f"{spec.path}: unknown format {spec.format!r}; allowed: auto, {', '.join(FORMATS)}")
+    if spec.reasoning not in REASONING_MODES:
+        raise SourceError(f"{spec.path}: unknown reasoning mode {spec.reasoning!r}; allowed: {', '.join(REASONING_MODES)}")
     fmt = None if spec.format == "auto" else spec.format
     container = spec.container if spec.container != "auto" else detect_container(spec.path)
+    if container in ("parquet", "csv", "tsv") and not os.path.exists(spec.path):
+        raise SourceError(f"{spec.path}: no such file")
     if container == "parquet":
-        if not os.path.exists(spec.path):
-            raise SourceError(f"{spec.path}: no such file")
-        fast = _read_arrow_source(spec, batch_rows, fmt)
-        if fast is not None:
-            yield from fast
-            return
+        yield from _read_arrow_batches(spec, _parquet_batches(_open_parquet(spec.path), batch_rows), fmt)
+        return
+    if container in ("csv", "tsv"):
+        yield from _read_arrow_batches(spec, _csv_batches(spec, container, batch_rows), fmt)
+        return
+    if container in ("hf_disk", "hf_load"):
+        spec.container = container
+        offset = 0
+        for split, ds in _hf_parts(spec):
+            yield from _with_split(_read_arrow_batches(spec, _hf_batches(ds, batch_rows), fmt), split, offset)
+            offset += ds.num_rows
+        return
     records = iter_records(spec, batch_rows)
     auto = fmt is None
-    builder = _BatchBuilder(spec.source_name)
+    builder = _BatchBuilder(spec.source_name, spec)
     undetected: list[tuple[int, Any]] = []
     for row, rec in records:
         if fmt is None:
@@ -628,10 +860,26 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
         builder.add(row, rec, fmt, auto)
         if len(builder) >= batch_rows:
             yield builder.build(fmt)
-            builder = _BatchBuilder(spec.source_name)
+            builder = _BatchBuilder(spec.source_name, spec)
     _reject_undetected(builder, undetected)
     if len(builder):
         yield builder.build(fmt)
+
+
+def source_schema(spec: SourceSpec, sample_rows: int = 1000) -> pa.Schema:
+    """The columns a source's rows will have (canonical, ``split``, user columns), before any work:
+    for a config check that a stage's or selector's column exists (``score: preference``), or to
+    declare a run's shard schema. Exact for Parquet, CSV and datasets (their own schema maps the
+    first batch); for JSON/JSONL the user columns of the first ``sample_rows`` records (a field that
+    first appears later is still read, just not known here). Raises :class:`SourceError` like
+    :func:`read_source`."""
+    import dataclasses
+
+    probe = dataclasses.replace(spec)  # read_source may resolve the container on the spec
+    for b in read_source(probe, sample_rows):
+        if b.rows.num_rows:
+            return b.rows.schema
+    return CANONICAL
 
 
 def _reject_undetected(builder: _BatchBuilder, held: list[tuple[int, Any]]) -> None:
@@ -644,13 +892,15 @@ def _reject_undetected(builder: _BatchBuilder, held: list[tuple[int, Any]]) -> N
             builder.reject(r, "unknown record format; set the source's format", _raw_text(x))
 
 
-def read_table(path: str, fmt: str = "auto", name: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Read a whole (small) file into memory: ``(rows, rejects)`` as Polars frames."""
-    spec = SourceSpec(path=str(path), format=fmt, name=name)
+def read_table(path: str, fmt: str = "auto", name: str | None = None, **settings: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read a whole (small) file into memory: ``(rows, rejects)`` as Polars frames.
+
+    ``settings``: any other :class:`SourceSpec` field (``container``, ``hf_split``, ``reasoning``, ...)."""
+    spec = SourceSpec(path=str(path), format=fmt, name=name, **settings)
     rows, rejects = [], []
     for b in read_source(spec):
         rows.append(b.rows)
         rejects.append(b.rejects)
-    r = pa.concat_tables(rows) if rows else CANONICAL.empty_table()
+    r = pa.concat_tables(unify_tables(rows)) if rows else CANONICAL.empty_table()
     j = pa.concat_tables(rejects) if rejects else REJECTS.empty_table()
     return pl.from_arrow(r), pl.from_arrow(j)  # type: ignore[return-value]

@@ -107,7 +107,7 @@ class ShardWriter:
         self._n += table.num_rows
         self._bytes += table.nbytes
         while (rows := self._cut()) > 0:
-            whole = pa.concat_tables(self._pending)
+            whole = pa.concat_tables(unify_tables(self._pending))
             self._flush(whole.slice(0, rows))
             rest = whole.slice(rows)
             self._pending = [rest] if rest.num_rows else []
@@ -122,12 +122,110 @@ class ShardWriter:
 
     def close(self) -> list[Path]:
         if self._pending:
-            self._flush(pa.concat_tables(self._pending))
+            self._flush(pa.concat_tables(unify_tables(self._pending)))
             self._pending, self._n, self._bytes = [], 0, 0
         if not self.paths and self.schema is not None:
             # an empty result is still a readable shard with the right columns
             self._flush(self.schema.empty_table())
+        self._unify_written()
         return self.paths
+
+    def _unify_written(self) -> None:
+        """Give every shard one schema: a source's user columns can change type between batches (an
+        int column that turns float, or string, later in the file); only the shards that differ from
+        the unified schema are rewritten, so a homogeneous source costs nothing here."""
+        if len(self.paths) < 2:
+            return
+        schemas = [pq.read_schema(p) for p in self.paths]
+        if all(sc.equals(schemas[0]) for sc in schemas[1:]):
+            return
+        schema, as_text = unified_schema([sc.remove_metadata() for sc in schemas])
+        for p, sc in zip(self.paths, schemas, strict=True):
+            if not sc.remove_metadata().equals(schema):
+                write_parquet_atomic(conform_table(pq.read_table(p), schema, as_text), p)
+
+
+def _json_strings(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as strings: strings verbatim, other values as JSON text (a column of mixed kinds)."""
+    import json
+
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col.cast(pa.string())
+    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+                     for v in col.to_pylist()], pa.string())
+
+
+def unified_schema(schemas: list[pa.Schema]) -> tuple[pa.Schema, set[str]]:
+    """One schema for tables of one source whose user columns differ in type from batch to batch:
+    Arrow's permissive promotion (null -> any, int -> float, struct fields merged), and a string
+    column (JSON text for non-strings) where types do not promote. Returns it and the names of the
+    columns that fell back to strings. Columns are ordered by first appearance."""
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive"), set()
+    except (pa.ArrowException, TypeError):
+        pass
+    fields: dict[str, list[pa.DataType]] = {}
+    for sc in schemas:
+        for f in sc:
+            fields.setdefault(f.name, []).append(f.type)
+    out, as_text = [], set()
+    for name, types in fields.items():
+        try:
+            t = pa.unify_schemas([pa.schema([pa.field(name, x)]) for x in types], promote_options="permissive").field(name).type
+        except (pa.ArrowException, TypeError):
+            t = pa.string()
+            as_text.add(name)
+        out.append(pa.field(name, t))
+    return pa.schema(out), as_text
+
+
+def conform_table(table: pa.Table, schema: pa.Schema, as_text: set[str] = frozenset()) -> pa.Table:  # type: ignore[assignment]
+    """``table`` in ``schema``: missing columns null, promoted types cast, ``as_text`` columns as strings."""
+    if table.schema.equals(schema):
+        return table
+    cols = []
+    for f in schema:
+        if f.name not in table.column_names:
+            cols.append(pa.nulls(table.num_rows, f.type))
+        elif f.name in as_text:
+            cols.append(_json_strings(table[f.name]))
+        else:
+            cols.append(table[f.name].cast(f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def unify_tables(tables: list[pa.Table]) -> list[pa.Table]:
+    """``tables`` conformed to their :func:`unified_schema` (no copies when they already agree)."""
+    if len(tables) < 2 or all(t.schema.equals(tables[0].schema) for t in tables[1:]):
+        return tables
+    schema, as_text = unified_schema([t.schema for t in tables])
+    return [conform_table(t, schema, as_text) for t in tables]
+
+
+def union_schema(paths: Iterable[str | Path]) -> tuple[pa.Schema, set[str]]:
+    """The :func:`unified_schema` of Parquet files (their footers only): e.g. of every source's ingest
+    shards, the run-wide schema of the canonical and user columns that final shards share."""
+    return unified_schema([pq.read_schema(p).remove_metadata() for p in paths])
+
+
+def conform_frame(df: pl.DataFrame, schema: pa.Schema, as_text: set[str] = frozenset()) -> pl.DataFrame:  # type: ignore[assignment]
+    """``df`` with every column of ``schema`` (missing ones typed null, promoted ones cast, ``as_text``
+    ones as strings), those first in ``schema``'s order, then ``df``'s other columns (stage columns)
+    as they were. Final shards of every source conformed to one :func:`union_schema` read as one
+    table (``pl.read_parquet("shards/*.parquet")``)."""
+    have = df.schema
+    fix = []
+    for f in schema:
+        want = pl.from_arrow(pa.table({f.name: pa.nulls(0, f.type)})).schema[f.name]  # type: ignore[union-attr]
+        if f.name not in have:
+            fix.append(pl.lit(None, dtype=want).alias(f.name))
+        elif f.name in as_text and have[f.name] != pl.String:
+            fix.append(pl.Series(f.name, _json_strings(df[f.name].to_arrow()).to_pylist(), dtype=pl.String))
+        elif have[f.name] != want:
+            fix.append(pl.col(f.name).cast(want))
+    out = df.with_columns(fix) if fix else df
+    first = [f.name for f in schema]
+    return out.select([*first, *(c for c in out.columns if c not in set(first))])
 
 
 def concat_frames(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:

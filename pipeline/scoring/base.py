@@ -66,6 +66,8 @@ class LMParams(StageParams):
     threads: int | None = Field(None, ge=1, description="CPU threads for the transformers backend (default: torch's)")
     chunk_rows: int = Field(512, ge=1, description="requests per backend call (and per cache write)")
     include_eos: bool = Field(True, description="score the end-of-turn marker with each assistant turn")
+    include_reasoning: bool = Field(True, description="render assistant reasoning traces (reasoning_content / "
+                                    "<think>) in targets and contexts; false scores turns without them")
     turn_agg: TurnAgg = "mean"
     cache: bool = True
     cache_dir: str | None = Field(None, description="default: <run cache_dir or run dir>/sidecars/scores")
@@ -205,8 +207,11 @@ class LMStage(Stage):
     def pass_spec(self) -> dict[str, Any]:
         """What, besides the model, shapes every pass of this stage (part of each template hash)."""
         p = self.params
-        return {"v": PASS_VERSION, "max_tokens": p.max_tokens, "head_tokens": p.head_tokens,
+        spec = {"v": PASS_VERSION, "max_tokens": p.max_tokens, "head_tokens": p.head_tokens,
                 "include_eos": p.include_eos}
+        if not p.include_reasoning:  # only when not the default: caches of existing configs stay valid
+            spec["include_reasoning"] = False
+        return spec
 
     def template_spec(self) -> dict[str, Any]:
         """Everything hashed into ``<prefix>_template``; scorers add their prompt templates."""
@@ -254,7 +259,8 @@ class LMStage(Stage):
         if self._renderer is None:
             info = self.backend.info()
             self._renderer = ChatRenderer(info.get("chat_template"), info.get("bos_token"), info.get("eos_token"),
-                                          include_eos=self.params.include_eos)
+                                          include_eos=self.params.include_eos,
+                                          include_reasoning=self.params.include_reasoning)
         return self._renderer
 
     def cache(self, kind: str, spec: dict[str, Any]) -> ScoreCache:
@@ -312,20 +318,21 @@ class LMStage(Stage):
         return out
 
     @staticmethod
-    def _missing_messages(conv: pl.DataFrame, missing: pl.DataFrame) -> list[tuple[str, list[dict[str, Any]], set[int]]]:
-        """(id, messages, turns wanted) for the conversations that have missing units."""
+    def _missing_messages(conv: pl.DataFrame, missing: pl.DataFrame) -> list[tuple[str, list[dict[str, Any]], set[int], Any]]:
+        """(id, messages, turns wanted, tool definitions) for the conversations that have missing units."""
         want = missing.group_by("id", maintain_order=True).agg(pl.col("turn"))
         sub = want.join(conv, on="id", how="left", maintain_order="left")
-        return [(i, m, set(t)) for i, m, t in zip(sub["id"].to_list(), sub["messages"].to_list(),
-                                                   sub["turn"].to_list(), strict=True)]
+        tools = sub["tools"].to_list() if "tools" in sub.columns else [None] * sub.height
+        return [(i, m, set(t), tl) for i, m, t, tl in zip(sub["id"].to_list(), sub["messages"].to_list(),
+                                                          sub["turn"].to_list(), tools, strict=True)]
 
     def lik_pass(self, conv: pl.DataFrame, units: pl.DataFrame) -> pl.DataFrame:
         """Per unit: ``nll`` (mean negative log-likelihood per target token), ``entropy`` (mean
         predictive entropy), ``n_tokens`` scored, ``n_tokens_in`` before truncation, ``truncated``."""
         def build(missing: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
             ids, turns, ctxs, tgts = [], [], [], []
-            for rid, msgs, want in self._missing_messages(conv, missing):
-                for t, c, y in self.renderer.turn_pairs(msgs, want):
+            for rid, msgs, want, tools in self._missing_messages(conv, missing):
+                for t, c, y in self.renderer.turn_pairs(msgs, want, tools):
                     ids.append(rid)
                     turns.append(t)
                     ctxs.append(c)
@@ -340,8 +347,8 @@ class LMStage(Stage):
 
         def build(missing: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
             ids, turns, tgts = [], [], []
-            for rid, msgs, want in self._missing_messages(conv, missing):
-                for t, _c, y in self.renderer.turn_pairs(msgs, want):
+            for rid, msgs, want, tools in self._missing_messages(conv, missing):
+                for t, _c, y in self.renderer.turn_pairs(msgs, want, tools):
                     ids.append(rid)
                     turns.append(t)
                     tgts.append(y)
@@ -378,7 +385,8 @@ class LMStage(Stage):
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         df = to_polars(df)
-        conv = df.filter(pl.col("keep")).select("id", "messages").unique("id", maintain_order=True)
+        conv = (df.filter(pl.col("keep")).select("id", "messages", *(["tools"] if "tools" in df.columns else []))
+                .unique("id", maintain_order=True))
         new_cols = {c: t for c, t in self.columns.items() if not c.startswith("_")}
         if conv.height:
             rows = self.compute(conv).rename({"_truncated": f"{self.prefix}_truncated"}, strict=False)

@@ -121,12 +121,15 @@ class RunContext:
 
 
 def to_polars(table: pl.DataFrame | pa.Table | Any) -> pl.DataFrame:
-    """Accept a Polars frame, an Arrow table or anything Polars can build a frame from."""
+    """Accept a Polars frame, an Arrow table or anything Polars can build a frame from; a role/content
+    ``messages`` column gets the other message fields (null), which the text views name."""
+    from pipeline.schema import conform_messages
+
     if isinstance(table, pl.DataFrame):
-        return table
+        return conform_messages(table)
     if isinstance(table, pa.Table):
-        return pl.from_arrow(table)  # type: ignore[return-value]
-    return pl.DataFrame(table)
+        return conform_messages(pl.from_arrow(table))  # type: ignore[arg-type]
+    return conform_messages(pl.DataFrame(table))
 
 
 def drop_where(df: pl.DataFrame, mask: pl.Expr, reason: pl.Expr | str) -> pl.DataFrame:

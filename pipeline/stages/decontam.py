@@ -85,12 +85,17 @@ def view_text(view: str) -> pl.Expr:
 
 
 def _item_ids(rows: pl.DataFrame) -> pl.Series:
-    """Each benchmark row's id: its ``id`` / ``task_id`` field when present, else the record index."""
-    meta = pl.col("meta").fill_null("{}")
-    return rows.select(
-        pl.coalesce(meta.str.json_path_match("$.id"), meta.str.json_path_match("$.task_id"),
-                    pl.col("source_row").cast(pl.String)).alias("i")
-    )["i"]
+    """Each benchmark row's id: its ``id`` / ``task_id`` field when present, else the record index.
+
+    The fields are user columns of the benchmark read (``id`` is the tool's own name, so the input's
+    ``id`` is ``user.id``)."""
+    return rows.select(item_id_expr(rows.columns).alias("i"))["i"]
+
+
+def item_id_expr(columns: list[str]) -> pl.Expr:
+    """A benchmark row's id from the columns a read of it has (see :func:`_item_ids`)."""
+    cands = [pl.col(c).cast(pl.String) for c in ("user.id", "task_id") if c in columns]
+    return pl.coalesce([*cands, pl.col("source_row").cast(pl.String)])
 
 
 class Decontaminate(Stage):

@@ -3,7 +3,9 @@
 Computed per row, vectorised over the shard (Polars, plus two compiled loops: distinct n-grams
 per row, word-character counts for the echo check):
 
-* ``heur_empty_response``: an assistant turn is empty or whitespace only;
+* ``heur_empty_response``: an assistant turn is empty or whitespace only (its text is its content
+  plus its tool calls, :func:`pipeline.text.turn_text_expr`: a turn that only calls tools is not
+  empty; one with only a reasoning trace and no answer is);
 * ``heur_response_eq_instruction``: the response equals the instruction after normalisation
   (NFKC, case fold, punctuation and whitespace folded), i.e. the model just echoes the prompt;
 * ``heur_rep_ngram_ratio``: share of the response's word n-grams (``rep_ngram_n``, default 3) that
@@ -25,7 +27,7 @@ from pydantic import Field
 
 from pipeline.dedup import normalized_equal, shingles_from_words
 from pipeline.stages.base import Col, Stage, StageParams, drop_where, to_polars
-from pipeline.text import text_expr
+from pipeline.text import text_expr, turn_text_expr
 
 
 class HeuristicsParams(StageParams):
@@ -75,9 +77,7 @@ class Heuristics(Stage):
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         el = pl.element()
-        assistant = pl.col("messages").list.eval(
-            el.filter(el.struct.field("role") == "assistant").struct.field("content")
-        )
+        assistant = pl.col("messages").list.eval(turn_text_expr(el.filter(el.struct.field("role") == "assistant")))
         response = text_expr("response")
         texts = df.select(text_expr("instruction").alias("i"), response.alias("r"))
         same = normalized_equal(texts["i"], texts["r"])  # normalize_expr's equality, normalising few rows

@@ -226,7 +226,7 @@ def test_minhash_reads_only_candidate_shingles_from_the_shards(tmp_path: Path, m
     assert gathered and all(SHINGLES not in cols for cols in gathered)
     n_asked = sum(n for name, n in asked if name == SHINGLES)
     assert 0 < n_asked < out.height / 2  # candidates only, each read once, not the pool
-    whole = MinHashDedup()(out.select("id", "source", "source_row", "messages", "meta"))
+    whole = MinHashDedup()(out.select("id", "source", "source_row", "messages", "tools"))
     cols = ["id", "keep", "drop_reason", "dup_of", "minhash_component", "minhash_jaccard"]
     assert out.filter(~pl.col("keep")).height >= 140
     assert out.select(cols).equals(whole.select(cols))

@@ -79,7 +79,7 @@ def test_two_nights_with_cross_night_duplicates(engine, tmp_path, real, write_co
     assert sel2.height == BUDGET and sel2["id"].n_unique() == BUDGET
     assert set(sel2["source"]) == {"2024-01-01.jsonl", "2024-01-02.jsonl"}
     assert inc["pool_rows"] == 1200 and inc["pool_kept"] == 1000
-    pool_kept = pl.concat([pl.read_parquet(run2.parent / "nightly.incremental" / "pool" / n) for n in ("night1", "night2")])
+    pool_kept = pl.concat([pl.read_parquet(run2.parent / "nightly.incremental" / "pool" / n) for n in ("night1", "night2")], how="diagonal_relaxed")
     longest = pool_kept.filter("keep").sort(["len_response_tokens"], descending=True)["len_response_tokens"][BUDGET - 1]
     assert sel2["len_response_tokens"].min() == longest, "the budget is applied over the union"
     added = pl.read_parquet(run2 / "diff" / "added.parquet")

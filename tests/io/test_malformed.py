@@ -102,9 +102,9 @@ def test_unreadable_sources_fail_naming_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(SourceError, match="bad.parquet"):
         list(read_source(SourceSpec(path=str(bad))))
-    odd = tmp_path / "data.csv"
+    odd = tmp_path / "data.xlsx"
     odd.write_text("a,b\n")
-    with pytest.raises(SourceError, match="data.csv"):
+    with pytest.raises(SourceError, match="data.xlsx"):
         list(read_source(SourceSpec(path=str(odd))))
 
 

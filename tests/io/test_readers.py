@@ -6,8 +6,8 @@ import gzip
 import json
 from pathlib import Path
 
-import orjson
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -67,7 +67,9 @@ def test_real_file_accounting(real_dir: Path, name: str) -> None:
     assert {b.format for b in batches} == {fmt}
     assert all(b.n_read <= 4000 for b in batches)  # batches are bounded
     for b in batches:
-        assert b.rows.schema.equals(CANONICAL)
+        # the canonical columns first, then one typed column per unmapped input field
+        assert pa.schema(list(b.rows.schema)[: len(CANONICAL)]).equals(CANONICAL)
+        assert not set(b.rows.schema.names[len(CANONICAL):]) & set(CANONICAL.names)
         assert b.rejects.schema.equals(REJECTS)
     df = pl.from_arrow(batches[0].rows)
     roles = df["messages"].explode().struct.field("role").unique().to_list()
@@ -93,11 +95,11 @@ def test_sharegpt_odd_roles_and_rejects(real_dir: Path) -> None:
 def test_alpaca_mapping_and_meta(real_dir: Path) -> None:
     rows, _ = read_table(str(real_dir / "new_codealpaca.json.gz"))
     first = json.loads(gzip.decompress((real_dir / "new_codealpaca.json.gz").read_bytes()))[0]
-    msgs = rows["messages"][0].to_list()
+    msgs = [{k: v for k, v in m.items() if v is not None} for m in rows["messages"][0].to_list()]
     assert msgs[0] == {"role": "user", "content": f"{first['instruction']}\n\n{first['input']}"}
     assert msgs[1] == {"role": "assistant", "content": first["output"]}
-    # the unmapped 'response' field is kept losslessly in meta
-    assert orjson.loads(rows["meta"][0]) == {"response": first["response"]}
+    # the unmapped 'response' field is kept losslessly as a column of its own
+    assert rows["response"][0] == first["response"]
     assert rows["id"][0] == message_id(msgs)
     assert rows["source_row"].to_list() == list(range(rows.height))
 
@@ -116,7 +118,8 @@ def test_forced_format_and_meta_roundtrip(tmp_path: Path) -> None:
     p.write_text(json.dumps({"prompt": "2+2?", "completion": "4", "lang": "en", "score": 0.5}) + "\n")
     rows, rejects = read_table(str(p), fmt="prompt_completion")
     assert rejects.height == 0
-    assert orjson.loads(rows["meta"][0]) == {"lang": "en", "score": 0.5}
+    assert rows.select("lang", "score").row(0) == ("en", 0.5)
+    assert rows.schema["score"] == pl.Float64
     rows, rejects = read_table(str(p), fmt="sharegpt")
     assert rows.height == 0 and rejects["reason"].to_list() == ["missing field 'conversations'"]
 

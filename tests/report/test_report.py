@@ -15,7 +15,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def shards(run_dir: Path) -> pl.DataFrame:
-    return pl.read_parquet(run_dir / "shards" / "*.parquet").drop("messages", "meta")
+    return pl.read_parquet(run_dir / "shards" / "*.parquet").drop("messages", "tools", strict=False)
 
 
 # ---------------------------------------------------------------- loading and accounting

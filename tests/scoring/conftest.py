@@ -77,4 +77,4 @@ def chat_rows() -> pl.DataFrame:
 
 @pytest.fixture(scope="session")
 def pool(gsm_rows, chat_rows) -> pl.DataFrame:
-    return pl.concat([gsm_rows, chat_rows])
+    return pl.concat([gsm_rows, chat_rows], how="diagonal_relaxed")  # the sources differ in their own fields

@@ -2,7 +2,7 @@
 
 * ``t0_pool``: a miniature of ``t0_templated_50k.parquet`` that keeps the file's redundancy: every row
   of 150 randomly chosen source passages (the file renders one passage through several templates
-  and questions, so most of its rows have near-duplicates). Columns ``template`` (from ``meta``),
+  and questions, so most of its rows have near-duplicates). Columns ``template`` (the input's own field),
   ``task`` (the template's source dataset) and ``passage`` are added for the checks.
 * ``mixed_pool``: GSM8K train, Code Alpaca and GPTeacher roleplay rows, ``origin`` naming the file.
 
@@ -35,8 +35,8 @@ def t0_labels(df: pl.DataFrame) -> pl.DataFrame:
     user = pl.col("messages").list.first().struct.field("content")
     longest = user.str.split("\n").list.eval(pl.element().sort_by(pl.element().str.len_chars(), descending=True).first())
     return df.with_columns(
-        pl.col("meta").str.json_path_match("$.template").alias("template"),
-        pl.col("meta").str.json_path_match("$.template").str.extract("^(" + "|".join(T0_TASKS) + ")").alias("task"),
+        pl.col("template").alias("template"),
+        pl.col("template").str.extract("^(" + "|".join(T0_TASKS) + ")").alias("task"),
         longest.list.first().str.slice(0, 120).alias("passage"),
     )
 

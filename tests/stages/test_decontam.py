@@ -50,8 +50,8 @@ def bench_items() -> list[tuple[str, list[str], str]]:
         rows, _ = read_table(path)
         label = Path(path).name.split(".")[0]
         for r in rows.iter_rows(named=True):
-            meta = json.loads(r["meta"]) if r["meta"] else {}
-            ident = meta.get("id", meta.get("task_id", r["source_row"]))
+            # the input's own id / task_id fields are user columns (`id` is the tool's name: `user.id`)
+            ident = next((r[c] for c in ("user.id", "task_id") if r.get(c) is not None), r["source_row"])
             text = first(r["messages"], "system|user")
             out.append((f"{label}:{ident}", py_words(text), " ".join(py_words(text))))
     return out
