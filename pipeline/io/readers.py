@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,16 +27,27 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
+from pipeline.io import arrow_map
+from pipeline.io.arrow_map import split_invalid_utf8
 from pipeline.io.formats import FORMATS, Reject, detect_format
+from pipeline.io.textstream import (
+    CHUNK,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_RECORD_BYTES,
+    Oversize,
+    TooDeep,
+    Trailing,
+    Utf8Stream,
+    iter_json_values,
+    iter_lines,
+    json_depth,
+    open_utf8,
+)
 from pipeline.schema import (
     CANONICAL,
     RAW_LIMIT,
     REJECTS,
-    ROLE_ALIASES,
-    hash_payloads,
     message_id,
-    message_ids,
-    message_part_expr,
 )
 
 CONTAINERS = ("auto", "jsonl", "json", "parquet", "hf_disk", "hf_load")
@@ -75,6 +85,10 @@ class SourceSpec:
     hf_builder: str | None = None  # for container=hf_load: "json", "parquet", "csv", ...
     hf_split: str = "train"
     hf_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: a JSON/JSONL record longer than this is one reject, skipped without being held in memory
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    #: a JSON/JSONL record nested deeper than this is one reject (found while scanning, not parsed)
+    max_depth: int = DEFAULT_MAX_DEPTH
 
     @property
     def source_name(self) -> str:
@@ -122,13 +136,43 @@ def _open_binary(path: str) -> io.BufferedIOBase:
 # Each yields (source_row, record-or-_Raw). A truncated/corrupt stream yields one _Raw and stops.
 
 
-def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    f = _open_binary(path)
+def _head_text(b: bytes) -> str:
+    return b[: RAW_LIMIT * 2].decode("utf-8", "replace")[:RAW_LIMIT]
+
+
+def _oversize(size: int, limit: int, head: bytes) -> _Raw:
+    return _Raw(f"record of {size:,} bytes exceeds the per-record limit of {limit:,} bytes (max_record_mb)",
+                _head_text(head))
+
+
+def _too_deep(limit: int, head: bytes) -> _Raw:
+    return _Raw(f"nesting deeper than the limit of {limit} levels (max_depth)", _head_text(head))
+
+
+def _open_utf8(path: str) -> Utf8Stream:
+    try:
+        return open_utf8(path)
+    except OSError as e:
+        raise SourceError(f"{path}: cannot open: {e.strerror or e}") from e
+
+
+def _iter_jsonl(path: str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+                ) -> Iterator[tuple[int, Any]]:
+    """JSONL records by line index; a line over ``max_bytes`` is skipped as it streams (one reject), a
+    line nested deeper than ``max_depth`` is rejected before it is parsed."""
+    f = _open_utf8(path)
     i = -1
     try:
         with f:
-            for i, line in enumerate(f):  # noqa: B007 - i is read after the loop
+            for i, line in enumerate(iter_lines(f, max_bytes)):  # noqa: B007 - i is read after the loop
+                if isinstance(line, Oversize):
+                    yield i, _oversize(line.size, max_bytes, line.head)
+                    continue
                 if not line.strip():
+                    continue
+                # exact depth only where the bracket count allows a too-deep record (cheap C counts)
+                if line.count(b"[") + line.count(b"{") > max_depth and json_depth(line) > max_depth:
+                    yield i, _too_deep(max_depth, line)
                     continue
                 try:
                     yield i, orjson.loads(line)
@@ -138,111 +182,59 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
                         reason = f"malformed JSON: {e}"
                     except UnicodeDecodeError:
                         reason = "invalid UTF-8"
-                    yield i, _Raw(reason, line[:RAW_LIMIT].decode("utf-8", "replace"))
+                    yield i, _Raw(reason, _head_text(line))
+    except UnicodeDecodeError as e:
+        yield i + 1, _Raw(f"undecodable {f.encoding} text after line {i + 1}: {e.reason}; rest of file unreadable", "")
     except (EOFError, gzip.BadGzipFile, OSError) as e:
         yield i + 1, _Raw(f"unreadable stream after line {i + 1}: {e}", "")
 
 
-class _JsonStream:
-    """A text buffer over a byte stream that drops consumed text when it refills."""
-
-    def __init__(self, f: io.BufferedIOBase, chunk: int) -> None:
-        self.f, self.chunk = f, chunk
-        self.buf, self.pos, self.pending, self.eof = "", 0, b"", False
-
-    def fill(self) -> bool:
-        if self.eof:
-            return False
-        data = self.f.read(self.chunk)
-        if not data:
-            self.eof = True
-            if self.pending:
-                raise UnicodeDecodeError("utf-8", self.pending, 0, len(self.pending), "truncated UTF-8 at end of file")
-            return False
-        data = self.pending + data
-        cut = len(data)  # keep an incomplete trailing UTF-8 sequence for the next read
-        for back in range(1, min(4, len(data)) + 1):
-            b = data[-back]
-            if b & 0xC0 == 0x80:
-                continue
-            if b & 0x80:
-                need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4
-                if back < need:
-                    cut = len(data) - back
-            break
-        self.pending = data[cut:]
-        self.buf = self.buf[self.pos :] + data[:cut].decode("utf-8")
-        self.pos = 0
-        return True
-
-    def skip_ws(self) -> bool:
-        """Advance past whitespace; False at end of input."""
-        while True:
-            buf, pos = self.buf, self.pos
-            while pos < len(buf) and buf[pos] in " \t\r\n":
-                pos += 1
-            self.pos = pos
-            if pos < len(buf):
-                return True
-            if not self.fill():
-                return False
-
-    def peek(self) -> str:
-        return self.buf[self.pos]
+def _parse_element(idx: int, el: bytes) -> Any:
+    if not el.strip():
+        return _Raw(f"malformed JSON at element {idx}: empty element", "")
+    try:
+        return orjson.loads(el)
+    except orjson.JSONDecodeError as e:
+        try:
+            el.decode("utf-8")
+            reason = f"malformed JSON at element {idx}: {e}"
+        except UnicodeDecodeError:
+            reason = f"invalid UTF-8 in element {idx}"
+        return _Raw(reason, _head_text(el))
 
 
-def _iter_json_array(path: str, chunk: int = 1 << 20) -> Iterator[tuple[int, Any]]:
-    """Incremental parse of a top-level JSON array (or of concatenated JSON values in a .json)."""
-    f = _open_binary(path)
-    decoder = json.JSONDecoder()
-    s = _JsonStream(f, chunk)
+def _iter_json_array(path: str, chunk: int = CHUNK, max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                     max_depth: int = DEFAULT_MAX_DEPTH) -> Iterator[tuple[int, Any]]:
+    """Elements of a top-level JSON array (or concatenated JSON values in a .json), one at a time:
+    a bad element is one reject and the next one is read (see :mod:`pipeline.io.textstream`)."""
+    f = _open_utf8(path)
     idx = 0
     try:
         with f:
-            if not s.skip_ws():
-                return  # empty file: zero rows
-            array = s.peek() == "["
-            if array:
-                s.pos += 1
-                if s.skip_ws() and s.peek() == "]":
-                    return
-            while True:
-                if not s.skip_ws():
-                    if array:
-                        yield idx, _Raw(f"unterminated JSON array after element {idx}", "")
-                    return
-                while True:
-                    try:
-                        obj, end = decoder.raw_decode(s.buf, s.pos)
-                        # a number or literal cut at a chunk edge parses short: re-read with more data
-                        if end == len(s.buf) and s.fill():
-                            continue
-                        break
-                    except json.JSONDecodeError as e:
-                        if s.fill():
-                            continue
-                        yield idx, _Raw(f"malformed JSON at element {idx}: {e.msg}; rest of file unreadable", s.buf[s.pos : s.pos + RAW_LIMIT])
-                        return
-                yield idx, obj
-                idx += 1
-                s.pos = end
-                if not array:
-                    continue
-                if not s.skip_ws():
-                    yield idx, _Raw(f"unterminated JSON array after element {idx}", "")
-                    return
-                c = s.peek()
-                if c == ",":
-                    s.pos += 1
-                elif c == "]":
-                    return
+            for el in iter_json_values(f, max_bytes, max_depth, chunk):
+                if isinstance(el, bytes):
+                    yield idx, _parse_element(idx, el)
+                elif isinstance(el, Oversize):
+                    yield idx, _oversize(el.size, max_bytes, el.head)
+                elif isinstance(el, TooDeep):
+                    yield idx, _too_deep(max_depth, el.head)
+                elif isinstance(el, Trailing):
+                    yield idx, _Raw(f"data after the end of the JSON array (after element {idx - 1})", _head_text(el.head))
+                elif el.data.strip():  # Unterminated: the file ends inside this element
+                    rec = _parse_element(idx, el.data)
+                    if isinstance(rec, _Raw):
+                        rec.reason = f"malformed JSON at element {idx}: the file ends inside it (unterminated array)"
+                        yield idx, rec
+                    else:  # complete, only the closing bracket is missing: keep it, say so once
+                        yield idx, rec
+                        yield idx + 1, _Raw(f"unterminated JSON array after element {idx}", "")
                 else:
-                    yield idx, _Raw(f"expected ',' or ']' after element {idx - 1}; rest of file unreadable", s.buf[s.pos : s.pos + RAW_LIMIT])
-                    return
-    except UnicodeDecodeError:
-        yield idx, _Raw(f"invalid UTF-8 after element {idx}; rest of file unreadable", "")
+                    yield idx, _Raw("unterminated JSON array" + (f" after element {idx - 1}" if idx else ""), "")
+                idx += 1
+    except UnicodeDecodeError as e:
+        yield idx, _Raw(f"undecodable {f.encoding} text after element {idx - 1}: {e.reason}; rest of file unreadable", "")
     except (EOFError, gzip.BadGzipFile, OSError) as e:
-        yield idx, _Raw(f"unreadable stream after element {idx}: {e}", "")
+        yield idx, _Raw(f"unreadable stream after element {idx - 1}: {e}", "")
 
 
 def _open_parquet(path: str) -> Any:
@@ -254,34 +246,47 @@ def _open_parquet(path: str) -> Any:
         raise SourceError(f"{path}: cannot open as Parquet: {e}") from e
 
 
-def _parquet_batches(pf: Any, batch_rows: int) -> Iterator[tuple[int, Any]]:
-    """``(start_row, record_batch)`` over a Parquet file, one row group at a time; where a row group
-    cannot be decoded (corrupt pages), ``(start_row, (n_rows, reason))`` for the rows of it not yet
-    yielded, then the next row group. The footer knows every row group's size, so a corrupt region
-    costs exactly its rows, each accounted for, and the rest of the file is still read."""
+def _parquet_batches(pf: Any, batch_rows: int) -> Iterator[tuple[int, Any, Any, dict[int, tuple[str, str]]]]:
+    """``(start_row, record_batch, offsets, bad)`` over a Parquet file, one row group at a time, where
+    ``bad`` maps batch offsets to ``(reason, raw)`` for rows with a string cell that is not UTF-8:
+    they are taken out of the batch (``offsets``: the batch offsets of the rows left, None when all
+    are) so they never reach Polars or a shard. Where a row group cannot be decoded (corrupt pages),
+    ``(start_row, (n_rows, reason), None, {})`` for the rows of it not yet yielded, then the next row
+    group. The footer knows every row group's size, so a corrupt region costs exactly its rows, each
+    accounted for, and the rest of the file is still read."""
     start = 0
     for rg in range(pf.num_row_groups):
         end = start + pf.metadata.row_group(rg).num_rows
         try:
             for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[rg]):
-                yield start, rb
+                yield (start, *split_invalid_utf8(rb))
                 start += rb.num_rows
         except (OSError, pa.ArrowException) as e:
             reason = f"unreadable Parquet row group {rg} (rows {start}-{end - 1}): {e}"
             for lo in range(start, end, batch_rows):  # in batches, like the rows that did read
-                yield lo, (min(batch_rows, end - lo), reason)
+                yield lo, (min(batch_rows, end - lo), reason), None, {}
         start = end
 
 
+def _batch_records(start: int, rb: pa.RecordBatch, offsets: Any, bad: dict[int, tuple[str, str]]
+                   ) -> list[tuple[int, Any]]:
+    """``(source_row, record or _Raw)`` for every row of a batch from :func:`_parquet_batches`, in order."""
+    recs = rb.to_pylist()
+    items = list(zip(range(start, start + len(recs)) if offsets is None else (start + int(o) for o in offsets),
+                     recs, strict=True))
+    if bad:
+        items = sorted(items + [(start + j, _Raw(*v)) for j, v in bad.items()], key=lambda x: x[0])
+    return items
+
+
 def _iter_parquet(path: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
-    for start, b in _parquet_batches(_open_parquet(path), batch_rows):
+    for start, b, offsets, bad in _parquet_batches(_open_parquet(path), batch_rows):
         if isinstance(b, tuple):
             n, reason = b
             for i in range(start, start + n):
                 yield i, _Raw(reason, "")
         else:
-            for j, rec in enumerate(b.to_pylist()):
-                yield start + j, rec
+            yield from _batch_records(start, b, offsets, bad)
 
 
 def _iter_hf(spec: SourceSpec, batch_rows: int) -> Iterator[tuple[int, Any]]:
@@ -316,9 +321,9 @@ def iter_records(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[tuple[i
     if container in ("jsonl", "json", "parquet") and not os.path.exists(spec.path):
         raise SourceError(f"{spec.path}: no such file")
     if container == "jsonl":
-        return _iter_jsonl(spec.path)
+        return _iter_jsonl(spec.path, spec.max_record_bytes, spec.max_depth)
     if container == "json":
-        return _iter_json_array(spec.path)
+        return _iter_json_array(spec.path, CHUNK, spec.max_record_bytes, spec.max_depth)
     if container == "parquet":
         return _iter_parquet(spec.path, batch_rows)
     if container in ("hf_disk", "hf_load"):
@@ -403,164 +408,19 @@ class _BatchBuilder:
         return Batch(rows, rejects, fmt)
 
 
-# ---------------------------------------------------------------- vectorised mapping of Arrow batches
-# Parquet and datasets batches of the common shapes are mapped with Polars expressions instead of
-# per-record Python; the result (messages, ids, reject reasons, meta) is the same as the record
-# mappers in pipeline.io.formats give. Anything unusual (non-string columns, content parts, mixed
-# answer keys) returns None and the batch takes the per-record path.
-
-_FLAT: dict[str, tuple[str, str | None, tuple[str, ...], str | None]] = {
-    # format: (prompt field, optional input field, answer fields in order of preference, system field)
-    "alpaca": ("instruction", "input", ("output", "response"), "system"),
-    "prompt_completion": ("prompt", None, ("completion", "canonical_solution", "response"), None),
-    "question_answer": ("question", None, ("answer", "ground_truth"), None),
-}
-
-_ALIASES_LOWER = {k.lower(): v for k, v in ROLE_ALIASES.items()}
-
-
-def _is_str(dtype: pl.DataType) -> bool:
-    return dtype in (pl.String, pl.Null)
-
-
-def _meta_expr(cols: list[str]) -> pl.Expr:
-    if not cols:
-        return pl.lit(None, dtype=pl.String)
-    return pl.struct(cols).struct.json_encode()
-
-
-def _map_flat(df: pl.DataFrame, fmt: str) -> pl.DataFrame | None:
-    prompt, extra, answers, system = _FLAT[fmt]
-    schema = df.schema
-    used = [c for c in (prompt, extra, system, *answers) if c is not None and c in schema]
-    if any(not _is_str(schema[c]) for c in used):
-        return None
-    present = [a for a in answers if a in schema]
-    # one answer key for the whole batch, else per-record semantics (meta differs per row)
-    key_idx = pl.coalesce([pl.when(pl.col(a).is_not_null()).then(pl.lit(i)) for i, a in enumerate(present)]) if present else pl.lit(None)
-    keys = df.select(key_idx.alias("k"))["k"].drop_nulls().unique()
-    if keys.len() > 1:
-        return None
-    out_key = present[keys[0]] if keys.len() == 1 else None
-    missing_answer = f"missing field '{answers[0]}'" + (f" (or {', '.join(repr(k) for k in answers[1:])})" if len(answers) > 1 else "")
-    p = pl.col(prompt) if prompt in schema else pl.lit(None, pl.String)
-    reason = pl.when(p.is_null()).then(pl.lit(f"missing field '{prompt}'"))
-    if out_key is None:
-        reason = reason.otherwise(pl.lit(missing_answer))
-        answer = pl.lit(None, pl.String)
-    else:
-        answer = pl.col(out_key)
-        reason = reason.when(answer.is_null()).then(pl.lit(missing_answer)).otherwise(pl.lit(None, pl.String))
-    user = p
-    if extra is not None and extra in schema:
-        inp = pl.col(extra)
-        user = pl.when(inp.is_not_null() & (inp.str.strip_chars().str.len_chars() > 0)).then(
-            pl.concat_str([p, pl.lit("\n\n"), inp])).otherwise(p)
-    turn = lambda role, content: pl.struct(pl.lit(role).alias("role"), content.alias("content"))  # noqa: E731
-    msgs = pl.concat_list([pl.concat_list([turn("user", user)]), pl.concat_list([turn("assistant", answer)])])
-    # the id payload straight from the columns: same bytes as message_id(), without a list pass
-    payload = pl.concat_str([message_part_expr("user", user), message_part_expr("assistant", answer)])
-    if system is not None and system in schema:
-        sys_ = pl.col(system)
-        has_sys = sys_.is_not_null() & (sys_.str.len_chars() > 0)
-        msgs = pl.when(has_sys).then(pl.concat_list([pl.concat_list([turn("system", sys_)]), msgs])).otherwise(msgs)
-        payload = pl.when(has_sys).then(pl.concat_str([message_part_expr("system", sys_), payload])).otherwise(payload)
-    drop = {prompt, extra, system, out_key}
-    rest = [c for c in df.columns if c not in drop and c != "_row"]
-    return df.select(pl.col("_row"), reason.alias("_reason"), msgs.alias("messages"), _meta_expr(rest).alias("meta"),
-                     payload.alias("_payload"))
-
-
-def _map_turns(df: pl.DataFrame, key: str) -> pl.DataFrame | None:
-    schema = df.schema
-    if key not in schema or "system" in schema:
-        return None
-    dt = schema[key]
-    if not isinstance(dt, pl.List) or not isinstance(dt.inner, pl.Struct):
-        return None
-    fields = {f.name: f.dtype for f in dt.inner.fields}
-    rk = "from" if "from" in fields else "role"
-    ck = "value" if "value" in fields else "content"
-    if rk not in fields or ck not in fields or not _is_str(fields[rk]) or not _is_str(fields[ck]):
-        return None
-    el = pl.element()
-    idx = pl.int_range(pl.len()).cast(pl.String)
-    raw_role = el.struct.field(rk)
-    role = raw_role.str.strip_chars().str.to_lowercase().replace_strict(_ALIASES_LOWER, default=None, return_dtype=pl.String)
-    content = el.struct.field(ck)
-    where = pl.concat_str([pl.lit(f"{key}["), idx, pl.lit("]")])
-    turn_err = (
-        pl.when(el.is_null()).then(pl.concat_str([where, pl.lit(" must be an object, got NoneType")]))
-        .when(raw_role.is_null()).then(pl.concat_str([where, pl.lit(": role must be a string, got NoneType")]))
-        .when(role.is_null()).then(pl.concat_str([where, pl.lit(": unknown role '"), raw_role, pl.lit("'")]))
-        .when(content.is_null()).then(pl.concat_str([where, pl.lit(": missing content")]))
-        .otherwise(pl.lit(None, pl.String))
-    )
-    c = pl.col(key)
-    tmp = df.select(
-        pl.col("_row"),
-        c.is_null().alias("_missing"),
-        c.list.eval(turn_err).list.drop_nulls().list.first().alias("_turn_err"),
-        c.list.eval(pl.struct(role.alias("role"), content.alias("content"))).alias("messages"),
-        _meta_expr([x for x in df.columns if x not in (key, "_row")]).alias("meta"),
-    )
-    roles = pl.col("messages").list.eval(el.struct.field("role"))
-    reason = (
-        pl.when(pl.col("_missing")).then(pl.lit(f"missing field '{key}'"))
-        .when(pl.col("_turn_err").is_not_null()).then(pl.col("_turn_err"))
-        .when(pl.col("messages").list.len() == 0).then(pl.lit("empty conversation"))
-        .when(~roles.list.contains("assistant")).then(pl.lit("no assistant turn"))
-        .when(~roles.list.contains("user")).then(pl.lit("no user turn"))
-        .otherwise(pl.lit(None, pl.String))
-    )
-    return tmp.select(pl.col("_row"), reason.alias("_reason"), pl.col("messages"), pl.col("meta"))
-
-
-def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, source: str) -> Batch | None:
-    """Map a whole Arrow batch of records in format ``fmt`` at once; None if it needs the per-record path."""
-    if fmt not in _FLAT and fmt not in ("sharegpt", "messages"):
-        return None
-    try:
-        df = pl.from_arrow(rb)
-    except Exception:  # exotic Arrow types: let the per-record path report them
-        return None
-    assert isinstance(df, pl.DataFrame)
-    df = df.with_row_index("_row", offset=start_row)
-    mapped = _map_flat(df, fmt) if fmt in _FLAT else _map_turns(df, "conversations" if fmt == "sharegpt" else "messages")
-    if mapped is None:
-        return None
-    n_bad = mapped["_reason"].null_count()
-    if n_bad == mapped.height:  # the common case: no rejects, no copies
-        good, bad = mapped, mapped.clear()
-    else:
-        bad = mapped.filter(pl.col("_reason").is_not_null())
-        good = mapped.filter(pl.col("_reason").is_null())
-    if bad.height:
-        raw = df.join(bad.select("_row"), on="_row", how="semi").drop("_row")
-        raw_text = raw.select(pl.struct(raw.columns).struct.json_encode().str.slice(0, RAW_LIMIT).alias("raw"))["raw"] if raw.width else pl.Series("raw", [""] * bad.height)
-    else:
-        raw_text = pl.Series("raw", [], dtype=pl.String)
-    rows = pl.DataFrame({
-        "id": hash_payloads(good["_payload"]) if "_payload" in good.columns else message_ids(good["messages"]),
-        "source": pl.Series([source] * good.height, dtype=pl.String),
-        "source_row": good["_row"].cast(pl.Int64),
-        "messages": good["messages"],
-        "meta": good["meta"],
-    }).to_arrow().cast(CANONICAL)
-    rejects = pl.DataFrame({
-        "source": pl.Series([source] * bad.height, dtype=pl.String),
-        "source_row": bad["_row"].cast(pl.Int64),
-        "reason": bad["_reason"],
-        "raw": raw_text,
-    }).to_arrow().cast(REJECTS)
-    return Batch(rows, rejects, fmt)
+def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, source: str,
+                    rows: Any = None) -> Batch | None:
+    """Map a whole Arrow batch of records in format ``fmt`` at once; None if it needs the per-record
+    path (see :func:`pipeline.io.arrow_map.map_arrow_batch`)."""
+    out = arrow_map.map_arrow_batch(rb, fmt, start_row, source, rows)
+    return None if out is None else Batch(*out, fmt)
 
 
 def _read_arrow_source(spec: SourceSpec, batch_rows: int, fmt: str | None) -> Iterator[Batch] | None:
     """Vectorised reading of a Parquet source; None when the format needs the per-record path."""
     pf = _open_parquet(spec.path)
     if fmt is None:
-        first = next((b for _, b in _parquet_batches(pf, 1) if not isinstance(b, tuple)), None)
+        first = next((b for _, b, _, _ in _parquet_batches(pf, 1) if not isinstance(b, tuple) and b.num_rows), None)
         if first is None:
             # empty, or not one readable row: the per-record path rejects what is unreadable
             return iter(()) if pf.metadata.num_rows == 0 else None
@@ -569,16 +429,22 @@ def _read_arrow_source(spec: SourceSpec, batch_rows: int, fmt: str | None) -> It
             return None
 
     def gen() -> Iterator[Batch]:
-        for start, rb in _parquet_batches(pf, batch_rows):
+        for start, rb, offsets, bad in _parquet_batches(pf, batch_rows):
             if isinstance(rb, tuple):
                 yield _lost_rows_batch(spec, start, *rb, fmt=fmt)
                 continue
-            b = map_arrow_batch(rb, fmt, start, spec.source_name)
-            if b is None:  # this batch needs the per-record mappers
+            rows = None if offsets is None else start + offsets
+            b = map_arrow_batch(rb, fmt, start, spec.source_name, rows) if rb.num_rows else None
+            if b is None or bad:  # the per-record mappers (this batch's shape needs them), or bad bytes
                 builder = _BatchBuilder(spec.source_name)
-                for j, rec in enumerate(rb.to_pylist()):
-                    builder.add(start + j, rec, fmt, spec.format == "auto")
-                b = builder.build(fmt)
+                if b is None:
+                    for row, rec in _batch_records(start, rb, offsets, bad):
+                        builder.add(row, rec, fmt, spec.format == "auto")
+                    yield builder.build(fmt)
+                    continue
+                for j, (reason, raw) in bad.items():
+                    builder.reject(start + j, reason, raw)
+                b.rejects = pa.concat_tables([b.rejects, builder.build(fmt).rejects])
             yield b
 
     return gen()

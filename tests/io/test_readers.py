@@ -33,7 +33,7 @@ EXPECTED = {
     "humaneval.jsonl.gz": ("prompt_completion", 164, 0),
     "new_codealpaca.json.gz": ("alpaca", 4535, 0),
     "self_instruct_seed_tasks.jsonl.gz": ("self_instruct", 175, 0),
-    "sharegpt_17k.parquet": ("sharegpt", 17392, 279),
+    "sharegpt_17k.parquet": ("sharegpt", 17222, 449),  # 170 with a zero-width-space-only answer
     "t0_templated_50k.parquet": ("prompt_completion", 55185, 0),
     "user_oriented_instructions.jsonl.gz": ("self_instruct", 252, 0),
 }
