@@ -79,7 +79,9 @@ def test_sharegpt_odd_roles_and_rejects(real_dir: Path) -> None:
     rows, rejects = read_table(str(real_dir / "sharegpt_17k.parquet"))
     reasons = rejects["reason"].value_counts().sort("count", descending=True)
     got = dict(reasons.iter_rows())
-    assert got == {"no user turn": 136, "empty conversation": 126, "no assistant turn": 17}
+    # 170 scraped answers are a lone zero-width space: broken rows, not training data
+    assert got == {"assistant turn holds only control or invisible characters": 170, "no user turn": 136,
+                   "empty conversation": 126, "no assistant turn": 17}
     # the raw row is kept, truncated, for inspection
     assert rejects["raw"].str.len_chars().max() <= 2000
     # source rows are the parquet row indices: the rejected ones really are empty there
