@@ -78,6 +78,7 @@ class Utf8Stream(io.RawIOBase):
         self.dec: codecs.IncrementalDecoder | None = None
         self.first = b""
         self.eof = False
+        self.err: UnicodeDecodeError | None = None
 
     def readable(self) -> bool:
         return True
@@ -94,12 +95,18 @@ class Utf8Stream(io.RawIOBase):
                 out, self.first = self.first, b""
                 return out
             return self._read(n)
+        if self.err is not None:
+            raise self.err
         out = b""
         while not out and not self.eof:
             raw = self.first + self._read(n if n > 0 else CHUNK)
             self.first = b""
             self.eof = not raw
-            out = self.dec.decode(raw, final=self.eof).encode("utf-8")
+            try:
+                out = self.dec.decode(raw, final=self.eof).encode("utf-8")
+            except UnicodeDecodeError as e:  # give what decodes before it, raise on the next read
+                self.err = e
+                return bytes(e.object[: e.start]).decode(self.encoding).encode("utf-8")  # type: ignore[arg-type]
         return out
 
     def close(self) -> None:
