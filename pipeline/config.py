@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.export import ExportSpec
 from pipeline.io.formats import FORMATS
 from pipeline.io.readers import CONTAINERS
+from pipeline.io.textstream import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES
 from pipeline.stages import available_stages, get_stage
 from pipeline.stages.base import Stage
 
@@ -30,7 +32,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity pass every gt/ge/le bound (all comparisons with NaN are false): refused outright
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RunSettings(_Strict):
@@ -40,6 +43,10 @@ class RunSettings(_Strict):
     shard_mb: float | None = Field(64.0, gt=0, description="also cut a shard at about this many MB of Arrow data "
                                    "(memory per shard follows text volume, not rows); null: rows only")
     read_batch_rows: int = Field(10_000, ge=1)
+    max_record_mb: float = Field(DEFAULT_MAX_RECORD_BYTES / 2**20, gt=0, description="a JSON/JSONL record (line or "
+                                 "array element) longer than this is one reject, skipped without being held in memory")
+    max_depth: int = Field(DEFAULT_MAX_DEPTH, ge=1, le=254, description="a JSON/JSONL record nested deeper than this "
+                           "is one reject (254: the most the store's JSON encoder writes)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     state_in: str | None = None
@@ -50,11 +57,14 @@ class RunSettings(_Strict):
 
 class SourceConfig(_Strict):
     path: str
-    name: str | None = None
+    name: str | None = Field(None, description="the source's label in the `source` column (default: its path "
+                             "relative to the folder common to all sources without a name; unique)")
     container: Literal[CONTAINERS] = "auto"  # type: ignore[valid-type]
     format: Literal[("auto", *FORMATS)] = "auto"  # type: ignore[valid-type]
     hf_builder: str | None = None
     hf_split: str = "train"
+    max_record_mb: float | None = Field(None, gt=0, description="this source's run.max_record_mb")
+    max_depth: int | None = Field(None, ge=1, le=254, description="this source's run.max_depth")
 
 
 class ScheduleSettings(_Strict):
@@ -143,6 +153,27 @@ class Config(_Strict):
             raise ValueError("sources: List should have at least 1 item (or set flow.incremental.input_dir)")
         return self
 
+    @model_validator(mode="after")
+    def _labels(self) -> Config:
+        """Give every source a unique label (its ``name``): rows are addressed by (source, source_row),
+        so two sources called ``data.jsonl`` in different folders must not share one address space."""
+        labels = source_labels([s.path for s in self.sources], [s.name for s in self.sources], Path(self.base_dir))
+        seen: dict[str, int] = {}
+        for i, (src, label) in enumerate(zip(self.sources, labels, strict=True)):
+            if label in seen:
+                raise ValueError(f"sources[{i}].name: the label {label!r} is also sources[{seen[label]}]'s; rows are "
+                                 "addressed by (source, source_row), so give each source a unique name:")
+            seen[label] = i
+            src.name = label
+        return self
+
+    def reader_limits(self, source: SourceConfig | None = None) -> dict[str, int]:
+        """``max_record_bytes`` and ``max_depth`` for a source's :class:`~pipeline.io.readers.SourceSpec`
+        (the source's own settings, else the run's)."""
+        mb = source.max_record_mb if source is not None and source.max_record_mb is not None else self.run.max_record_mb
+        depth = source.max_depth if source is not None and source.max_depth is not None else self.run.max_depth
+        return {"max_record_bytes": int(mb * 2**20), "max_depth": depth}
+
     def build_stages(self) -> list[Stage]:
         return [get_stage(e.stage)(e.params(), base_dir=self.base_dir) for e in self.stages]
 
@@ -152,6 +183,17 @@ class Config(_Strict):
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_labels(paths: list[str], names: list[str | None], base_dir: Path) -> list[str]:
+    """Each source's label: its ``name`` if set, else its path relative to the deepest folder common to
+    all the sources without a name (so the file name alone when they share a folder, as for one
+    source; ``a/data.jsonl`` and ``b/data.jsonl`` when two files share a name). Relative paths are
+    resolved against ``base_dir``; the labels do not depend on the current directory."""
+    resolved = [Path(os.path.normpath(base_dir / Path(p).expanduser())) for p in paths]
+    unnamed = [p for p, n in zip(resolved, names, strict=True) if n is None]
+    root = Path(os.path.commonpath([p.parent for p in unnamed])) if unnamed else Path(base_dir)
+    return [n if n is not None else p.relative_to(root).as_posix() for p, n in zip(resolved, names, strict=True)]
 
 
 def _fmt_loc(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
