@@ -57,8 +57,8 @@ class RunSettings(_Strict):
 
 class SourceConfig(_Strict):
     path: str
-    name: str | None = Field(None, description="the source's label in the `source` column (default: its path "
-                             "relative to the folder common to all sources without a name; unique)")
+    name: str | None = Field(None, description="the source's label in the `source` column (default: the shortest "
+                             "tail of its path no other source has, e.g. the file name; labels must be unique)")
     container: Literal[CONTAINERS] = "auto"  # type: ignore[valid-type]
     format: Literal[("auto", *FORMATS)] = "auto"  # type: ignore[valid-type]
     hf_builder: str | None = None
@@ -186,14 +186,30 @@ class Config(_Strict):
 
 
 def source_labels(paths: list[str], names: list[str | None], base_dir: Path) -> list[str]:
-    """Each source's label: its ``name`` if set, else its path relative to the deepest folder common to
-    all the sources without a name (so the file name alone when they share a folder, as for one
-    source; ``a/data.jsonl`` and ``b/data.jsonl`` when two files share a name). Relative paths are
-    resolved against ``base_dir``; the labels do not depend on the current directory."""
-    resolved = [Path(os.path.normpath(base_dir / Path(p).expanduser())) for p in paths]
-    unnamed = [p for p, n in zip(resolved, names, strict=True) if n is None]
-    root = Path(os.path.commonpath([p.parent for p in unnamed])) if unnamed else Path(base_dir)
-    return [n if n is not None else p.relative_to(root).as_posix() for p, n in zip(resolved, names, strict=True)]
+    """Each source's label: its ``name`` if set, else the shortest tail of its path that no other
+    source has: the file name alone when it is unique (as for one source), ``a/data.jsonl`` and
+    ``b/data.jsonl`` when two files share a name. Relative paths are resolved against ``base_dir``
+    first, so labels depend neither on the current directory nor on where the files sit otherwise;
+    a label only grows when another source's file name collides with it."""
+    parts = []
+    for p in paths:
+        full = Path(os.path.normpath(base_dir / Path(p).expanduser()))
+        parts.append(full.parts[1:] if full.is_absolute() else full.parts)
+    k = [1] * len(paths)
+    while True:
+        labels = [n if n is not None else "/".join(parts[i][-k[i]:]) for i, n in enumerate(names)]
+        groups: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            groups.setdefault(label, []).append(i)
+        grown = False
+        for members in groups.values():
+            if len(members) > 1:
+                for i in members:
+                    if names[i] is None and k[i] < len(parts[i]):
+                        k[i] += 1
+                        grown = True
+        if not grown:
+            return labels
 
 
 def _fmt_loc(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
