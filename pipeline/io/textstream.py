@@ -15,9 +15,9 @@ The readers never hold more than one record (plus one read chunk) in memory, wha
   an element nested deeper than ``max_depth`` (found while scanning, nothing is parsed).
 * :func:`json_depth` is the exact nesting depth of one JSON text (strings skipped).
 
-The scanner is a few compiled regular expressions (possessive, so linear time): one match skips
-everything up to the next bracket, comma or unterminated string, so a flat record costs a handful
-of regex calls, not one Python step per character.
+The scanner's byte loop is compiled (:mod:`pipeline.io._jsonscan`, numba): one call walks an element
+(or what of it is buffered), so finding elements costs a fraction of parsing them; whitespace and
+the bytes between elements are skipped with regular expressions.
 """
 
 from __future__ import annotations
@@ -181,13 +181,11 @@ def iter_lines(f: io.RawIOBase, max_bytes: int, chunk: int = CHUNK) -> Iterator[
 
 
 _HEAD = 4000  # bytes of an unparsed record kept for the reject's raw text (RAW_LIMIT characters)
-_STRUCT0 = re.compile(rb'["\[\]{},]')  # what the scanner stops at, at depth 0 in an array
-_STRUCTN = re.compile(rb'["\[\]{}]')  # inside an element
 # everything up to the next bracket or unterminated string, skipping complete strings (json_depth)
 _SKIPN = re.compile(rb'(?:[^"\[\]{}]++|"(?:[^"\\]++|\\.)*+")*+', re.S)
 _WS = re.compile(rb"[ \t\r\n]*+")
 _SCALAR = re.compile(rb'[^ \t\r\n\[\]{},"]*+')
-_Q, _LB, _RB, _LC, _RC, _COMMA, _BS = b'"[]{},\\'
+_Q, _LB, _RB, _LC, _RC, _COMMA = b'"[]{},'
 
 
 def json_depth(text: bytes) -> int:
@@ -258,52 +256,25 @@ class _Scanner:
                     break
             self.pos = end = _SCALAR.match(self.buf, self.pos).end()  # type: ignore[union-attr]
             return self._done(start, end, None, 0), 0
-        in_str = False
+        import numpy as np
+
+        from pipeline.io._jsonscan import NEED_MORE, VALUE_DONE, scan_element
+
+        in_str = esc = 0
         while True:
+            n = len(self.buf)
+            view = np.frombuffer(self.buf, np.uint8)  # released below: a bytearray with a view cannot grow
+            pos, depth, in_str, esc, too_deep, status = scan_element(
+                view, self.pos, depth, in_str, esc, self.max_depth, too_deep, int(array))
+            del view
+            if status != NEED_MORE:
+                if status == VALUE_DONE:
+                    self.pos = pos
+                    return self._done(start, pos, over, too_deep), 0
+                self.pos = pos + 1
+                return self._done(start, pos, over, too_deep), self.buf[pos]
+            self.pos = n
             buf = self.buf
-            n = len(buf)
-            if in_str:  # find the closing quote: memchr, then the backslashes before it
-                lo = self.pos
-                q = buf.find(b'"', lo)
-                while q > 0:
-                    k = q - 1
-                    while k >= lo and buf[k] == _BS:
-                        k -= 1
-                    if (q - 1 - k) % 2 == 0:  # not escaped
-                        break
-                    q = buf.find(b'"', q + 1)
-                if q >= 0:
-                    in_str = False
-                    self.pos = q + 1
-                    if depth == 0 and not array:
-                        return self._done(start, self.pos, over, too_deep), 0
-                    continue
-                k = n - 1  # the string goes on; resume at a trailing unpaired backslash, if any
-                while k >= lo and buf[k] == _BS:
-                    k -= 1
-                self.pos = n - 1 if (n - 1 - k) % 2 else n
-            else:
-                m = (_STRUCT0 if depth == 0 else _STRUCTN).search(buf, self.pos)
-                if m is None:
-                    self.pos = n
-                else:
-                    e = m.start()
-                    c = buf[e]
-                    self.pos = e + 1
-                    if c == _Q:
-                        in_str = True
-                    elif c in (_LB, _LC):
-                        depth += 1
-                        if depth > self.max_depth and not too_deep:
-                            too_deep = depth
-                    elif depth:
-                        depth -= 1
-                        if depth == 0 and not array:
-                            return self._done(start, self.pos, over, too_deep), 0
-                    elif c == _COMMA or (c == _RB and array):
-                        return self._done(start, e, over, too_deep), c
-                    # a stray '}' (or ']' outside an array) at depth 0 stays in the element
-                    continue
             # the buffer ends inside this element
             if over is None and n - start > self.max_bytes:
                 over = Oversize(0, bytes(buf[start:start + _HEAD]))
@@ -356,7 +327,32 @@ def iter_json_values(f: io.RawIOBase, max_bytes: int, max_depth: int, chunk: int
     if s.skip_ws() and s.buf[s.pos] == _RB:  # []
         s.pos += 1
     else:
-        while True:
+        import numpy as np
+
+        from pipeline.io import _jsonscan as k
+
+        starts, ends, flags = np.empty(4096, np.int64), np.empty(4096, np.int64), np.empty(4096, np.int64)
+        done = False
+        while not done:
+            # every element that lies whole in the buffer, found in one compiled call
+            view = np.frombuffer(s.buf, np.uint8)
+            count, pos = k.scan_array(view, s.pos, max_depth, max_bytes, starts, ends, flags)
+            del view  # the buffer may grow below
+            for j in range(count):
+                a, b, f = int(starts[j]), int(ends[j]), int(flags[j])
+                if f & k.EMPTY:
+                    yield b""
+                elif f & k.OVERSIZE:
+                    yield Oversize(b - a, bytes(s.buf[a:a + _HEAD]))
+                elif f & k.DEEP:
+                    yield TooDeep(max_depth + 1, bytes(s.buf[a:a + _HEAD]))
+                else:
+                    yield bytes(s.buf[a:b])
+                done = bool(f & k.CLOSES)
+            s.pos = pos
+            if done or count == len(starts):
+                continue
+            # the next element runs past the buffer: scan it with refills (and its size limit)
             if not s.skip_ws():
                 yield Unterminated(b"")
                 return
@@ -370,8 +366,8 @@ def iter_json_values(f: io.RawIOBase, max_bytes: int, max_depth: int, chunk: int
                 if isinstance(el, Unterminated):
                     return
             if end == _RB:
-                break
-            if end == 0:
+                done = True
+            elif end == 0:
                 return
     if s.skip_ws():
         yield Trailing(bytes(s.buf[s.pos:s.pos + _HEAD]))

@@ -203,7 +203,7 @@ def hwm():
 
 out = {}
 for path in sys.argv[1:]:
-    list(read_source(SourceSpec(path=sys.argv[1].replace("big", "small"), max_record_bytes=1 << 20)))  # warm up
+    list(read_source(SourceSpec(path=path.replace("big", "small"), max_record_bytes=1 << 20)))  # warm up (imports)
     base = hwm()
     n = rej = 0
     reasons = []
