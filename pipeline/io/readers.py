@@ -168,7 +168,7 @@ def _iter_jsonl(path: str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth:
                 if isinstance(line, Oversize):
                     yield i, _oversize(line.size, max_bytes, line.head)
                     continue
-                if not line.strip():
+                if not line or line.isspace():  # blank lines are not rows (no copy, unlike strip)
                     continue
                 # exact depth only where the bracket count allows a too-deep record (cheap C counts)
                 if line.count(b"[") + line.count(b"{") > max_depth and json_depth(line) > max_depth:
@@ -190,7 +190,7 @@ def _iter_jsonl(path: str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth:
 
 
 def _parse_element(idx: int, el: bytes) -> Any:
-    if not el.strip():
+    if not el or el.isspace():
         return _Raw(f"malformed JSON at element {idx}: empty element", "")
     try:
         return orjson.loads(el)
