@@ -104,7 +104,10 @@ def check_messages(messages: Messages) -> Messages:
     if not any(m["role"] == "user" for m in messages):
         raise Reject("no user turn")
     for m in messages:
-        if invisible_only(m["content"]):
+        c = m["content"]
+        if c and "!" <= c[0] <= "~":  # starts with a visible ASCII character: most text, no call
+            continue
+        if invisible_only(c):
             raise Reject(INVISIBLE_REASON.format(m["role"]))
     return messages
 

@@ -189,7 +189,7 @@ def _iter_jsonl(path: str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth:
         yield i + 1, _Raw(f"unreadable stream after line {i + 1}: {e}", "")
 
 
-def _parse_element(idx: int, el: bytes) -> Any:
+def _parse_element(idx: int, el: bytes | bytearray) -> Any:
     if not el or el.isspace():
         return _Raw(f"malformed JSON at element {idx}: empty element", "")
     try:
@@ -212,7 +212,7 @@ def _iter_json_array(path: str, chunk: int = CHUNK, max_bytes: int = DEFAULT_MAX
     try:
         with f:
             for el in iter_json_values(f, max_bytes, max_depth, chunk):
-                if isinstance(el, bytes):
+                if isinstance(el, (bytes, bytearray)):
                     yield idx, _parse_element(idx, el)
                 elif isinstance(el, Oversize):
                     yield idx, _oversize(el.size, max_bytes, el.head)

@@ -308,7 +308,7 @@ class Trailing:
 
 
 def iter_json_values(f: io.RawIOBase, max_bytes: int, max_depth: int, chunk: int = CHUNK
-                     ) -> Iterator[bytes | Oversize | TooDeep | Unterminated | Trailing]:
+                     ) -> Iterator[bytes | bytearray | Oversize | TooDeep | Unterminated | Trailing]:
     """The elements of the top-level JSON array in ``f`` as raw bytes (or the top-level values, when
     the text is not an array), each at most ``max_bytes`` long and ``max_depth`` deep; the markers
     say what else was found. An empty element (``[1,,2]``, a trailing comma) is ``b""``."""
@@ -338,16 +338,19 @@ def iter_json_values(f: io.RawIOBase, max_bytes: int, max_depth: int, chunk: int
             view = np.frombuffer(s.buf, np.uint8)
             count, pos = k.scan_array(view, s.pos, max_depth, max_bytes, starts, ends, flags)
             del view  # the buffer may grow below
-            for j in range(count):
-                a, b, f = int(starts[j]), int(ends[j]), int(flags[j])
+            buf = s.buf
+            for a, b, f in zip(starts[:count].tolist(), ends[:count].tolist(), flags[:count].tolist(), strict=True):
+                if not f:
+                    yield buf[a:b]  # a bytearray copy (orjson reads it as it is)
+                    continue
                 if f & k.EMPTY:
                     yield b""
                 elif f & k.OVERSIZE:
-                    yield Oversize(b - a, bytes(s.buf[a:a + _HEAD]))
+                    yield Oversize(b - a, bytes(buf[a:a + _HEAD]))
                 elif f & k.DEEP:
-                    yield TooDeep(max_depth + 1, bytes(s.buf[a:a + _HEAD]))
+                    yield TooDeep(max_depth + 1, bytes(buf[a:a + _HEAD]))
                 else:
-                    yield bytes(s.buf[a:b])
+                    yield buf[a:b]
                 done = bool(f & k.CLOSES)
             s.pos = pos
             if done or count == len(starts):
