@@ -51,6 +51,11 @@ from pipeline.schema import (
 )
 
 CONTAINERS = ("auto", "jsonl", "json", "parquet", "hf_disk", "hf_load")
+#: bumped whenever the readers decide a record differently (a new reject rule, another split of a
+#: file): part of the ingest cache key, so a stored ingest made by older readers is not reused.
+#: 2: JSON arrays split per element, BOM/UTF-16/32, size and depth limits, invalid UTF-8 Parquet
+#: cells and invisible-only turns as rejects.
+READER_VERSION = 2
 
 
 class SourceError(RuntimeError):
