@@ -1,12 +1,16 @@
 """Streaming readers: files of any supported format -> batches of canonical rows + rejects.
 
 Container formats: JSONL (``.jsonl``/``.ndjson``, optionally ``.gz``), JSON arrays (``.json``,
-optionally ``.gz``; parsed incrementally, never loaded whole), Parquet (read by row group), and
-Hugging Face ``datasets`` (a ``save_to_disk`` directory, or any ``load_dataset`` builder over local
-files). Record formats are in :mod:`pipeline.io.formats`; the format is detected from the first
+optionally ``.gz``; split element by element, never loaded whole, so a bad element is one reject),
+Parquet (read by row group; a string cell that is not UTF-8 makes its row a reject), and Hugging
+Face ``datasets`` (a ``save_to_disk`` directory, or any ``load_dataset`` builder over local files).
+JSON text may be UTF-8 (with or without a BOM), UTF-16 or UTF-32 (:mod:`pipeline.io.textstream`).
+Record formats are in :mod:`pipeline.io.formats`; the format is detected from the first
 well-formed record of each source unless the source forces one.
 
-Memory is bounded by ``batch_rows``: readers yield :class:`Batch` objects and never hold a file.
+Memory is bounded by ``batch_rows`` and, per JSON/JSONL record, by ``SourceSpec.max_record_bytes``:
+a longer record is one reject and is skipped without being held; ``SourceSpec.max_depth`` bounds
+nesting the same way. Readers yield :class:`Batch` objects and never hold a file.
 
 ``source_row`` is the 0-based record index within the source: the line index for JSONL (blank
 lines are skipped and are not rows, but still advance the index), the element index for JSON arrays,
