@@ -38,8 +38,8 @@ def synthesise(n: int, path: Path) -> None:
 def case_ours(path: str) -> dict:
     import polars as pl
 
+    from pipeline.engine.ingest import ingest_source
     from pipeline.io.readers import SourceSpec
-    from pipeline.runner import ingest_source
     from pipeline.stages.length_filter import Length
 
     out = Path(tempfile.mkdtemp(prefix="bench-tools-"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.export import ExportSpec
 from pipeline.io.formats import FORMATS, REASONING_MODES, THINK_TAGS
 from pipeline.io.readers import CONTAINERS, HF_KEYS
+from pipeline.io.textstream import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES
 from pipeline.stages import available_stages, get_stage
 from pipeline.stages.base import Stage
 from pipeline.stages.contract import check_columns, check_state_names
@@ -33,7 +35,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity pass every gt/ge/le bound (all comparisons with NaN are false): refused outright
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RunSettings(_Strict):
@@ -43,6 +46,10 @@ class RunSettings(_Strict):
     shard_mb: float | None = Field(64.0, gt=0, description="also cut a shard at about this many MB of Arrow data "
                                    "(memory per shard follows text volume, not rows); null: rows only")
     read_batch_rows: int = Field(10_000, ge=1)
+    max_record_mb: float = Field(DEFAULT_MAX_RECORD_BYTES / 2**20, gt=0, description="a JSON/JSONL record (line or "
+                                 "array element) longer than this is one reject, skipped without being held in memory")
+    max_depth: int = Field(DEFAULT_MAX_DEPTH, ge=1, le=254, description="a JSON/JSONL record nested deeper than this "
+                           "is one reject (254: the most the store's JSON encoder writes)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     state_in: str | None = None
@@ -53,7 +60,8 @@ class RunSettings(_Strict):
 
 class SourceConfig(_Strict):
     path: str
-    name: str | None = None
+    name: str | None = Field(None, description="the source's label in the `source` column (default: the shortest "
+                             "tail of its path no other source has, e.g. the file name; labels must be unique)")
     container: Literal[CONTAINERS] = "auto"  # type: ignore[valid-type]
     format: Literal[("auto", *FORMATS)] = "auto"  # type: ignore[valid-type]
     hf_builder: str | None = Field(None, description=HF_KEYS["hf_builder"])
@@ -63,6 +71,8 @@ class SourceConfig(_Strict):
         "auto", description="auto: reasoning_content/reasoning fields, else a leading think block of the "
         "assistant content; fields: the fields only (content kept verbatim)")
     think_tags: tuple[str, str] = Field(THINK_TAGS, description="the opening and closing tag of a think block")
+    max_record_mb: float | None = Field(None, gt=0, description="this source's run.max_record_mb")
+    max_depth: int | None = Field(None, ge=1, le=254, description="this source's run.max_depth")
 
 
 class ScheduleSettings(_Strict):
@@ -151,6 +161,27 @@ class Config(_Strict):
             raise ValueError("sources: List should have at least 1 item (or set flow.incremental.input_dir)")
         return self
 
+    @model_validator(mode="after")
+    def _labels(self) -> Config:
+        """Give every source a unique label (its ``name``): rows are addressed by (source, source_row),
+        so two sources called ``data.jsonl`` in different folders must not share one address space."""
+        labels = source_labels([s.path for s in self.sources], [s.name for s in self.sources], Path(self.base_dir))
+        seen: dict[str, int] = {}
+        for i, (src, label) in enumerate(zip(self.sources, labels, strict=True)):
+            if label in seen:
+                raise ValueError(f"sources[{i}].name: the label {label!r} is also sources[{seen[label]}]'s; rows are "
+                                 "addressed by (source, source_row), so give each source a unique name:")
+            seen[label] = i
+            src.name = label
+        return self
+
+    def reader_limits(self, source: SourceConfig | None = None) -> dict[str, int]:
+        """``max_record_bytes`` and ``max_depth`` for a source's :class:`~pipeline.io.readers.SourceSpec`
+        (the source's own settings, else the run's)."""
+        mb = source.max_record_mb if source is not None and source.max_record_mb is not None else self.run.max_record_mb
+        depth = source.max_depth if source is not None and source.max_depth is not None else self.run.max_depth
+        return {"max_record_bytes": int(mb * 2**20), "max_depth": depth}
+
     def build_stages(self) -> list[Stage]:
         return [get_stage(e.stage)(e.params(), base_dir=self.base_dir) for e in self.stages]
 
@@ -160,6 +191,33 @@ class Config(_Strict):
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_labels(paths: list[str], names: list[str | None], base_dir: Path) -> list[str]:
+    """Each source's label: its ``name`` if set, else the shortest tail of its path that no other
+    source has: the file name alone when it is unique (as for one source), ``a/data.jsonl`` and
+    ``b/data.jsonl`` when two files share a name. Relative paths are resolved against ``base_dir``
+    first, so labels depend neither on the current directory nor on where the files sit otherwise;
+    a label only grows when another source's file name collides with it."""
+    parts = []
+    for p in paths:
+        full = Path(os.path.normpath(base_dir / Path(p).expanduser()))
+        parts.append(full.parts[1:] if full.is_absolute() else full.parts)
+    k = [1] * len(paths)
+    while True:
+        labels = [n if n is not None else "/".join(parts[i][-k[i]:]) for i, n in enumerate(names)]
+        groups: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            groups.setdefault(label, []).append(i)
+        grown = False
+        for members in groups.values():
+            if len(members) > 1:
+                for i in members:
+                    if names[i] is None and k[i] < len(parts[i]):
+                        k[i] += 1
+                        grown = True
+        if not grown:
+            return labels
 
 
 def _fmt_loc(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:

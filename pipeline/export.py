@@ -58,7 +58,9 @@ repo, created private if it does not exist, with the credentials ``huggingface_h
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import html
 import json
 import os
 import shutil
@@ -786,9 +788,38 @@ def _size_category(n: int) -> str:
     return "10M<n<100M"
 
 
+class _Safe(str):
+    """A table cell already rendered (by :func:`_code`)."""
+
+
+def _code(s: str) -> _Safe:
+    """``s`` as a code span in a table cell: HTML inside a code span is shown, not rendered, so only
+    what could end the span or the cell is replaced."""
+    return _Safe("`" + s.replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`")
+
+
 def _md(v: Any) -> str:
+    """A table cell: pipes and newlines escaped, and HTML too (reasons and names can carry row text,
+    and the Hub renders raw HTML in a card)."""
+    if isinstance(v, _Safe):
+        return str(v)
     s = "-" if v is None else (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
-    return s.replace("|", "\\|").replace("\n", " ")
+    return html.escape(s, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _relativise(obj: Any, base: Path) -> Any:
+    """``obj`` with every absolute local path in it (a string naming something under an existing
+    top-level folder) made relative to ``base``: a card is published, local folders are not."""
+    if isinstance(obj, dict):
+        return {k: _relativise(v, base) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relativise(v, base) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and "\n" not in obj and len(obj) < 4096:
+        top = Path(obj).parts[:2]
+        if len(top) == 2 and Path(*top).exists():
+            with contextlib.suppress(ValueError):  # another drive: left as it is
+                return Path(os.path.relpath(obj, base)).as_posix()
+    return obj
 
 
 def _num(v: Any) -> str:
@@ -842,7 +873,8 @@ def dataset_card(run_dir: Path, export_info: dict[str, Any], manifest: dict[str,
     """
     run_dir = Path(run_dir)
     m = manifest if manifest is not None else json.loads((run_dir / "manifest.json").read_text())
-    info = export_info
+    base = Path(export_info["card"]).parent if export_info.get("card") else run_dir  # paths are relative to the card
+    m, info = _relativise(m, base), _relativise(export_info, base)
     c = m.get("counts", {})
     stages = m.get("stages", [])
     fmt = info["format"]
@@ -874,7 +906,7 @@ def dataset_card(run_dir: Path, export_info: dict[str, Any], manifest: dict[str,
     rows = [
         ("format", layout),
         ("files", ", ".join(f"`{n}`" for n in info.get("data_files") or [data_name])),
-        ("rows", "`selected/` (kept and selected)" if not info.get("where") else f"`shards/` where `{info['where']}`"),
+        ("rows", "`selected/` (kept and selected)" if not info.get("where") else _Safe(f"`shards/` where {_code(info['where'])}")),
         ("rows considered", info["rows_in"]),
         ("rows exported", info["exported"]),
         ("rows skipped", info["skipped"]),
@@ -887,7 +919,7 @@ def dataset_card(run_dir: Path, export_info: dict[str, Any], manifest: dict[str,
     if info["skipped"]:
         L += ["", f"Skipped rows are listed in `{Path(info['skipped_list']).name}` (id, source, source_row, reason):", "",
               "| reason | rows |", "|---|---:|"]
-        L += [f"| {r} | {n:,} |" for r, n in info["skipped_by_reason"].items()]
+        L += [f"| {_md(r)} | {n:,} |" for r, n in info["skipped_by_reason"].items()]
     if info.get("columns_omitted"):
         L += ["", "Columns left out: " + "; ".join(f"`{k}` ({v})" for k, v in info["columns_omitted"].items())]
 
@@ -898,7 +930,7 @@ def dataset_card(run_dir: Path, export_info: dict[str, Any], manifest: dict[str,
 
     L += ["", "## Sources", "", "| source | path | format | read | rejected | rows |", "|---|---|---|---:|---:|---:|"]
     for s in m.get("sources", []):
-        L.append(f"| {_md(s.get('name'))} | `{_md(s.get('path'))}` | {_md(s.get('format'))} | {_num(s.get('read'))} "
+        L.append(f"| {_md(s.get('name'))} | {_code(str(s.get('path')))} | {_md(s.get('format'))} | {_num(s.get('read'))} "
                  f"| {_num(s.get('rejected'))} | {_num(s.get('rows'))} |")
     rej = {f"{s['name']}: {r}": n for s in m.get("sources", []) for r, n in (s.get("reject_reasons") or {}).items()}
     if rej:
@@ -910,7 +942,7 @@ def dataset_card(run_dir: Path, export_info: dict[str, Any], manifest: dict[str,
     L += ["", "## Stages", "", "In order; a row is dropped by the first stage whose rule it fails.", "",
           "| # | stage | scope | dropped | rules (rows) |", "|---:|---|---|---:|---|"]
     for i, s in enumerate(stages):
-        rules = ", ".join(f"`{r}` ({n:,})" for r, n in per_rule.get(s["name"], {}).items()) or "-"
+        rules = _Safe(", ".join(f"{_code(r)} ({n:,})" for r, n in per_rule.get(s["name"], {}).items()) or "-")
         dropped = sum(per_rule.get(s["name"], {}).values())
         L.append(f"| {i} | {s['name']} | {s.get('scope', '-')} | {_num(dropped)} | {_md(rules)} |")
     if other:
@@ -941,7 +973,7 @@ def dataset_card(run_dir: Path, export_info: dict[str, Any], manifest: dict[str,
                   "```yaml", yaml.safe_dump(s.get("params") or {}, sort_keys=False).rstrip(), "```"]
             rules = per_rule.get(s["name"], {})
             if rules:
-                L += ["", "| match | rows |", "|---|---:|"] + [f"| `{_md(r)}` | {n:,} |" for r, n in rules.items()]
+                L += ["", "| match | rows |", "|---|---:|"] + [f"| {_code(r)} | {n:,} |" for r, n in rules.items()]
             if s.get("summary"):
                 L += ["", "```json", json.dumps(s["summary"], indent=2, default=str), "```"]
     else:
@@ -961,7 +993,7 @@ def dataset_card(run_dir: Path, export_info: dict[str, Any], manifest: dict[str,
         L += ["| column | count | null | mean | min | " + " | ".join(qs) + " | max |",
               "|---|" + "---:|" * (len(qs) + 5)]
         for col, d in st.items():
-            L.append(f"| {col} | {_num(d['count'])} | {_num(d['null'])} | {_num(d['mean'])} | {_num(d['min'])} | "
+            L.append(f"| {_md(col)} | {_num(d['count'])} | {_num(d['null'])} | {_num(d['mean'])} | {_num(d['min'])} | "
                      + " | ".join(_num(d[q]) for q in qs) + f" | {_num(d['max'])} |")
     else:
         L += ["No numeric score columns."]

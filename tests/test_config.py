@@ -115,3 +115,102 @@ def test_a_stateful_stage_twice_in_a_run_that_keeps_state(sample_dir: Path) -> N
     # stateless stages may repeat
     load_config({"sources": _src(sample_dir), "stages": [{"stage": "length"}, {"stage": "length"}],
                  "run": {"save_state": True}})
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"stages": [{"stage": "length"}, {"stage": "select_top_k", "column": "len_response_tokens", "budget": 5,
+                                           "min_value": float("nan")}]},
+         "stages[1] (select_top_k).min_value: Input should be a finite number"),
+        ({"stages": [{"stage": "perplexity", "drop_above": float("nan")}]},
+         "stages[0] (perplexity).drop_above: Input should be a finite number"),
+        ({"stages": [{"stage": "length", "max_response_tokens": float("inf")}]}, "stages[0] (length).max_response_tokens"),
+        ({"run": {"shard_mb": float("inf")}}, "run.shard_mb: Input should be a finite number"),
+        ({"run": {"max_record_mb": float("nan")}}, "run.max_record_mb: Input should be a finite number"),
+        ({"flow": {"retry_delay_s": float("-inf")}}, "flow.retry_delay_s: Input should be a finite number"),
+    ],
+)
+def test_nan_and_inf_are_refused_naming_the_field(sample_dir: Path, patch: dict, needle: str) -> None:
+    raw = {"sources": _src(sample_dir), "stages": [{"stage": "length"}], **patch}
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert needle in str(e.value)
+
+
+def test_nan_from_yaml_is_refused(tmp_path: Path, sample_dir: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(f"sources:\n  - path: {sample_dir / 'code_alpaca.json'}\nrun:\n  shard_mb: .nan\n"
+                 "stages:\n  - stage: select_top_k\n    column: x\n    budget: 3\n    max_value: .inf\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "run.shard_mb: Input should be a finite number" in msg
+
+
+def test_every_float_param_of_every_stage_refuses_nan() -> None:
+    """Generic, not per field: every float field of every stage's params refuses NaN."""
+    from typing import get_args
+
+    from pydantic import ValidationError
+
+    from pipeline.stages import available_stages, get_stage
+
+    def has_float(ann: object) -> bool:
+        return ann is float or any(has_float(a) for a in get_args(ann))
+
+    checked = 0
+    for name in available_stages():
+        params = get_stage(name).Params
+        for field, info in params.model_fields.items():
+            if not has_float(info.annotation):
+                continue
+            with pytest.raises(ValidationError, match="finite number"):
+                params.model_validate({field: float("nan")})
+            checked += 1
+    assert checked > 10
+
+
+def test_sources_with_the_same_file_name_get_distinct_labels(tmp_path: Path, sample_dir: Path) -> None:
+    text = (sample_dir / "code_alpaca.json").read_text()
+    for d in ("a", "b"):
+        (tmp_path / "cfg" / d).mkdir(parents=True)
+        (tmp_path / "cfg" / d / "data.json").write_text(text)
+        (tmp_path / "out" / d).mkdir(parents=True)
+        (tmp_path / "out" / d / "data.json").write_text(text)
+    p = tmp_path / "cfg" / "c.yaml"
+    p.write_text("sources:\n  - path: a/data.json\n  - path: b/data.json\n  - path: ../out/a/data.json\n"
+                 "  - path: ../out/b/data.json\n  - path: a/data.json\n    name: again\nstages:\n  - stage: length\n")
+    cfg = load_config(p)
+    assert [s.name for s in cfg.sources] == ["cfg/a/data.json", "cfg/b/data.json", "out/a/data.json",
+                                             "out/b/data.json", "again"]
+    # the labels do not depend on the current directory, nor on where the config is
+    moved = load_config({"sources": [{"path": str(tmp_path / "cfg" / d / "data.json")} for d in "ab"], "stages": []})
+    assert [s.name for s in moved.sources] == ["a/data.json", "b/data.json"]
+    # a unique file name stays the label, wherever the file is (as before labels were checked)
+    mixed = load_config({"sources": [{"path": str(tmp_path / "cfg" / "a" / "data.json")},
+                                     {"path": str(sample_dir / "code_alpaca.json")}], "stages": []})
+    assert [s.name for s in mixed.sources] == ["data.json", "code_alpaca.json"]
+
+
+def test_duplicate_source_labels_are_refused(tmp_path: Path, sample_dir: Path) -> None:
+    src = str(sample_dir / "code_alpaca.json")
+    with pytest.raises(ConfigError, match=r"sources\[1\].name: the label 'x' is also sources\[0\]'s"):
+        load_config({"sources": [{"path": src, "name": "x"}, {"path": src, "name": "x"}], "stages": []})
+    with pytest.raises(ConfigError, match=r"sources\[1\].name: the label '.*code_alpaca.json' is also sources\[0\]'s"):
+        load_config({"sources": [{"path": src}, {"path": src}], "stages": []})
+    # a single source keeps its file name as its label, as before
+    assert load_config({"sources": [{"path": src}], "stages": []}).sources[0].name == "code_alpaca.json"
+
+
+def test_reader_limits_per_run_and_source(sample_dir: Path) -> None:
+    src = str(sample_dir / "code_alpaca.json")
+    cfg = load_config({"run": {"max_record_mb": 2, "max_depth": 20},
+                       "sources": [{"path": src, "name": "a"}, {"path": src, "name": "b", "max_record_mb": 0.5,
+                                                                 "max_depth": 5}], "stages": []})
+    assert cfg.reader_limits(cfg.sources[0]) == {"max_record_bytes": 2 << 20, "max_depth": 20}
+    assert cfg.reader_limits(cfg.sources[1]) == {"max_record_bytes": 1 << 19, "max_depth": 5}
+    assert load_config({"sources": [{"path": src}], "stages": []}).reader_limits() == \
+        {"max_record_bytes": 64 << 20, "max_depth": 128}
+    with pytest.raises(ConfigError, match="run.max_depth: Input should be less than or equal to 254"):
+        load_config({"run": {"max_depth": 1000}, "sources": [{"path": src}], "stages": []})

@@ -8,7 +8,9 @@ multi-turn rows.
 
 from __future__ import annotations
 
+import html
 import json
+import os
 import re
 from pathlib import Path
 
@@ -342,8 +344,30 @@ def test_card_names_decontamination_and_attributes_prefixed_drops(tmp_path: Path
     assert _n(stg["decontaminate"][3]) == by_prefix["decontam"]
     assert sum(_n(r[3]) for r in stg.values()) == res.counts["dropped"]
     dec = card[card.index("## Decontamination"):card.index("## Models")]
-    assert bench in dec and f"dropped {by_prefix['decontam']:,} rows" in dec
+    rel_bench = os.path.relpath(bench, tmp_path / "out")  # paths in a card are relative to it
+    assert rel_bench in dec and f"dropped {by_prefix['decontam']:,} rows" in dec
     for rule, n in rules.items():
         if rule.startswith("decontam:"):
             assert f"| `{rule}` | {n:,} |" in dec
     assert "Drops whose reason names no stage" not in card
+
+
+def test_card_escapes_row_html_and_has_no_absolute_paths(tmp_path: Path) -> None:
+    """Row text reaches the card through reject reasons; the Hub renders raw HTML, so it is escaped.
+    Local folders (sources, run directory, stage paths) appear relative to the card."""
+    evil = "<img src=x onerror=alert(1)>"
+    rows = [{"conversations": [{"from": evil, "value": "hi"}, {"from": "gpt", "value": "yo"}]}]
+    rows += [{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]} for i in range(5)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run(load_config({"run": {"name": "h", "out": str(tmp_path / "runs")},
+                           "sources": [{"path": str(tmp_path / "in" / "x.jsonl")}],
+                           "stages": [{"stage": "decontaminate", "benchmarks": [str(REAL / "gsm8k_test.jsonl.gz")]}]}),
+              run_id="r")
+    info = export(res.run_dir, "messages", tmp_path / "out")
+    card = Path(info["card"]).read_text()
+    assert "unknown role" in card and evil not in card
+    assert html.escape(evil, quote=False) in card
+    for local in (str(tmp_path), str(REAL)):  # only as the tail of a relative path (../../work/...)
+        assert re.search(r"(?<!\.\.)" + re.escape(local), card) is None, local
+    assert "../runs/" in card and "../in/x.jsonl" in card

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import load_config
+from pipeline.engine import run
 from pipeline.export import export
 from pipeline.io.readers import read_table
 from pipeline.io.shards import list_shards
-from pipeline.runner import run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "sample" / "tool_calls"
 FORMATS = ["messages", "sharegpt", "hf", "alpaca"]

@@ -26,7 +26,14 @@ from typing import Any
 from pipeline.config import Config, load_config
 from pipeline.engine.chains import ShardChain
 from pipeline.engine.executor import Executor, LocalExecutor
-from pipeline.engine.finalize import collect_state, copy_rejects, file_record, finalize_chain, merge_outcomes
+from pipeline.engine.finalize import (
+    collect_state,
+    copy_rejects,
+    file_record,
+    finalize_chain,
+    merge_outcomes,
+    run_schema,
+)
 from pipeline.engine.ingest import IngestRef, ingest_cached, source_specs
 from pipeline.engine.keys import new_run_id
 from pipeline.engine.lock import DirLock
@@ -157,8 +164,8 @@ def _global(index: int, plan: Plan, chains: list[ShardChain]) -> GlobalResult:
         raise
 
 
-def _finalize(chain: ShardChain, run_dir: str, write_shard: bool) -> dict[str, Any]:
-    return finalize_chain(chain, Path(run_dir), write_shard)
+def _finalize(chain: ShardChain, run_dir: str, write_shard: bool, schema: Any, as_text: frozenset[str]) -> dict[str, Any]:
+    return finalize_chain(chain, Path(run_dir), write_shard, schema, as_text)
 
 
 def _resources(plan: Plan, indices: list[int]) -> Any:
@@ -214,8 +221,11 @@ def run_plan(ex: Executor, plan: Plan, chains: list[ShardChain],
     return chains, globals_
 
 
-def finalize_all(ex: Executor, chains: list[ShardChain], run_dir: Path, write_shard: bool = True) -> list[dict[str, Any]]:
-    fn = functools.partial(_finalize, run_dir=str(run_dir), write_shard=write_shard)
+def finalize_all(ex: Executor, chains: list[ShardChain], run_dir: Path, write_shard: bool = True,
+                 schema: tuple[Any, frozenset[str]] | None = None) -> list[dict[str, Any]]:
+    """Final shards of ``chains`` (conformed to ``schema``, the run's :func:`run_schema`)."""
+    sch, as_text = schema if schema is not None else (None, frozenset())
+    fn = functools.partial(_finalize, run_dir=str(run_dir), write_shard=write_shard, schema=sch, as_text=as_text)
     return ex.map("finalize", fn, chains, [c.name for c in chains])
 
 
@@ -238,11 +248,12 @@ def _batch(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, manif
     refs = ingest_all(ex, cfg, store, specs, prefixes)
     t_ingest = time.perf_counter() - t0
     chains = [c for r in refs for c in r.chains]
+    schema = run_schema(chains) if chains else None
     tally = StageTally()
     try:
         chains, globals_ = run_plan(ex, plan, chains, tally)
         t0 = time.perf_counter()
-        outcome = merge_outcomes(finalize_all(ex, chains, run_dir))
+        outcome = merge_outcomes(finalize_all(ex, chains, run_dir, schema=schema))
         copy_rejects(refs, prefixes, run_dir)
         outcome["files"].update(rejects_records(run_dir))
         if plan.ctx.state_out is not None:
@@ -257,7 +268,7 @@ def _batch(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, manif
                        "step_hits": sum(tally.hits.values()), "steps": sum(tally.steps.values())},
              **ex.info()}
     return complete_manifest(manifest, run_dir, stages, plan, [r.source for r in refs], outcome, tally, globals_,
-                             timings, layout.manifest_entry(), extra, reports)
+                             timings, layout.manifest_entry(), extra, reports, schema[0] if schema else None)
 
 
 def execute(cfg: Config, ex: Executor, out: str | Path | None = None, run_id: str | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from pipeline.engine.chains import ShardChain, read_chain, read_chain_cached
 from pipeline.engine.ingest import IngestRef
@@ -16,7 +17,7 @@ from pipeline.engine.plan import Plan, local_instances
 from pipeline.engine.steps import GlobalResult
 from pipeline.io.atomic import copy_atomic
 from pipeline.io.fingerprint import file_fingerprint
-from pipeline.io.shards import write_parquet_atomic
+from pipeline.io.shards import conform_frame, union_schema, write_parquet_atomic
 from pipeline.schema import with_decision
 
 
@@ -35,10 +36,16 @@ def file_record(path: Path, rows: int) -> dict[str, Any]:
     return {"rows": rows, "bytes": path.stat().st_size, "xxh3": file_fingerprint(path)}
 
 
-def finalize_chain(chain: ShardChain, run_dir: Path, write_shard: bool = True) -> dict[str, Any]:
+def finalize_chain(chain: ShardChain, run_dir: Path, write_shard: bool = True, schema: pa.Schema | None = None,
+                   as_text: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Write one final shard to ``shards/`` and its selected rows to ``selected/``; its counts and
-    the record of each file written (``files``: run-relative path -> rows, bytes, checksum)."""
+    the record of each file written (``files``: run-relative path -> rows, bytes, checksum).
+
+    ``schema``/``as_text`` (:func:`run_schema`) give every final shard the run's one schema of canonical
+    and user columns, so shards of sources with other user columns read as one table."""
     df = finalize_frame(read_chain_cached(chain.files))
+    if schema is not None:
+        df = conform_frame(df, schema, set(as_text))
     files: dict[str, Any] = {}
     if write_shard:
         p = write_parquet_atomic(df, run_dir / "shards" / chain.name)
@@ -49,6 +56,12 @@ def finalize_chain(chain: ShardChain, run_dir: Path, write_shard: bool = True) -
     reasons = {r: n for r, n in df.filter(~pl.col("keep"))["drop_reason"].value_counts().iter_rows()}
     return {"rows": df.height, "kept": int(df["keep"].sum()), "selected": sel.height, "dropped_by_reason": reasons,
             "files": files}
+
+
+def run_schema(chains: Iterable[ShardChain]) -> tuple[pa.Schema, frozenset[str]]:
+    """The union schema of the canonical and user columns of every shard's ingest file (footers only)."""
+    schema, as_text = union_schema(sorted({c.files[0] for c in chains}))
+    return schema, frozenset(as_text)
 
 
 def materialize_chain(chain: ShardChain, path: Path, drop: Iterable[str] = ()) -> dict[str, Any]:

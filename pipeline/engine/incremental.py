@@ -39,7 +39,13 @@ from pipeline.config import Config, IncrementalSettings
 from pipeline.engine.chains import ShardChain
 from pipeline.engine.driver import RunLayout, finalize_all, ingest_all, rejects_records, run_plan
 from pipeline.engine.executor import Executor
-from pipeline.engine.finalize import collect_state, copy_rejects, materialize_chain, merge_outcomes
+from pipeline.engine.finalize import (
+    collect_state,
+    copy_rejects,
+    materialize_chain,
+    merge_outcomes,
+    run_schema,
+)
 from pipeline.engine.manifest import StageTally, complete_manifest
 from pipeline.engine.plan import build_plan, make_context, release_stage, stage_reports
 from pipeline.engine.steps import GlobalResult
@@ -182,8 +188,8 @@ def run_night(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, ma
     plan_b = build_plan(stages[cut:], replace(ctx, state_in=None), store.root, start_index=cut)
     tally = StageTally()
     globals_a: list[GlobalResult] = []
-    specs = [SourceSpec(path=str(p), name=str(p.relative_to(root)), container=inc.container, format=inc.format)
-             for p, _ in fresh]
+    specs = [SourceSpec(path=str(p), name=str(p.relative_to(root)), container=inc.container, format=inc.format,
+                        **cfg.reader_limits()) for p, _ in fresh]
     prefixes = [f"part-n{night:04d}-{i:03d}-" for i in range(len(specs))]
     t0 = time.perf_counter()
     refs = ingest_all(ex, cfg, store, specs, prefixes) if specs else []
@@ -211,8 +217,9 @@ def run_night(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, ma
         if pool_chains:
             pool_chains, globals_b = run_plan(ex, plan_b, pool_chains, tally)
         n_old = len(ledger.pool)
-        parts_old = finalize_all(ex, pool_chains[:n_old], run_dir, write_shard=False)
-        parts_new = finalize_all(ex, pool_chains[n_old:], run_dir, write_shard=True)
+        schema = run_schema(pool_chains) if pool_chains else None
+        parts_old = finalize_all(ex, pool_chains[:n_old], run_dir, write_shard=False, schema=schema)
+        parts_new = finalize_all(ex, pool_chains[n_old:], run_dir, write_shard=True, schema=schema)
         copy_rejects(refs, prefixes, run_dir)
         reports = {**stage_reports(plan_a), **stage_reports(plan_b)}
     finally:

@@ -61,8 +61,14 @@ def ingest_source(spec: SourceSpec, out_dir: Path, rejects_dir: Path, shard_rows
 
 
 def source_specs(cfg: Config) -> list[SourceSpec]:
-    return [SourceSpec(path=str(cfg.resolve(sc.path)), name=sc.name, container=sc.container, format=sc.format,
-                       hf_builder=sc.hf_builder, hf_split=sc.hf_split) for sc in cfg.sources]
+    """The reader settings of every source of ``cfg`` (paths resolved, the run's size/depth limits)."""
+    specs = []
+    for sc in cfg.sources:
+        spec = SourceSpec.from_config(sc, str(cfg.resolve(sc.path)))
+        for k, v in cfg.reader_limits(sc).items():
+            setattr(spec, k, v)
+        specs.append(spec)
+    return specs
 
 
 def source_key(spec: SourceSpec, shard_rows: int, shard_mb: float | None = None, batch_rows: int | None = None,
@@ -70,9 +76,8 @@ def source_key(spec: SourceSpec, shard_rows: int, shard_mb: float | None = None,
     """Key of a source's ingest: its content hash and every reader setting that shapes the shards
     (``batch_rows`` too: it bounds where a shard may end)."""
     content = file_fingerprint(spec.path, fp_cache) if spec.container != "hf_load" and Path(spec.path).exists() else "-"
-    return hkey("ingest", STORE_VERSION, package_version(), content, spec.source_name, spec.container, spec.format,
-                spec.hf_builder, spec.hf_split, json.dumps(spec.hf_kwargs, sort_keys=True, default=str), shard_rows,
-                shard_mb, batch_rows)
+    return hkey("ingest", STORE_VERSION, package_version(), content, *spec.key_parts(), shard_rows, shard_mb,
+                batch_rows)
 
 
 @dataclass(frozen=True)

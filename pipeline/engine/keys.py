@@ -25,7 +25,7 @@ from pipeline.io.fingerprint import file_fingerprint
 from pipeline.stages.base import Stage
 
 #: bumped when the layout or meaning of work-store entries changes
-STORE_VERSION = "2"
+STORE_VERSION = "3"  # 3: messages with tool calls/reasoning, tools, user columns
 
 
 def versions() -> dict[str, str]:

@@ -112,9 +112,12 @@ def stage_entries(stages: list[Stage], specs: tuple[StageSpec, ...], tally: Stag
     return out
 
 
-def shard_columns(stages: list[Stage]) -> dict[str, str]:
-    """The declared schema of a final shard: canonical + every stage's columns + decision + selection."""
+def shard_columns(stages: list[Stage], row_schema: pa.Schema | None = None) -> dict[str, str]:
+    """The declared schema of a final shard: canonical + user columns (``row_schema``: the run's union
+    schema of its sources) + every stage's columns + decision + selection."""
     cols: dict[str, str] = {f.name: str(f.type) for f in CANONICAL}
+    if row_schema is not None:
+        cols.update({f.name: str(f.type) for f in row_schema if f.name not in cols})
     for s in stages:
         cols.update({c: str(t) for c, t in s.output_schema().items() if not c.startswith("_")})
     cols.update({f.name: str(f.type) for f in DECISION})
@@ -148,7 +151,8 @@ def complete_manifest(manifest: dict[str, Any], run_dir: Path, stages: list[Stag
                       sources: list[dict[str, Any]], outcome: dict[str, Any], tally: StageTally,
                       globals_: list[GlobalResult], timings: dict[str, float], layout: dict[str, Any],
                       extra: dict[str, Any] | None = None,
-                      reports: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+                      reports: dict[int, dict[str, Any]] | None = None, row_schema: pa.Schema | None = None
+                      ) -> dict[str, Any]:
     """Fill in counts, stages, sources, timings, layout and the record of every output file; verify
     that every listed file is on disk as recorded; write ``manifest.json``.
 
@@ -164,7 +168,7 @@ def complete_manifest(manifest: dict[str, Any], run_dir: Path, stages: list[Stag
         sources=[{k: v for k, v in s.items() if k not in ("shards", "rejects")} for s in sources],
         stages=stage_entries(stages, plan.stages, tally, counts, globals_, reports),
         timings={k: round(v, 3) for k, v in timings.items()},
-        layout={**layout, "shard_columns": shard_columns(stages)},
+        layout={**layout, "shard_columns": shard_columns(stages, row_schema)},
         files=dict(sorted(outcome.get("files", {}).items())),
         **(extra or {}),
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,31 @@ def _role(val: Any, where: str) -> str:
     return role
 
 
+# Text that shows nothing. A turn that is empty or only whitespace is left to the heuristics stage
+# (heur_empty_response, a drop with a reason); a turn with something in it but nothing visible
+# (control characters, zero-width spaces, joiners, bidi marks, lone combining marks, Hangul fillers)
+# is broken data and a reject. The same sets are written twice: for Python (unicodedata) and as a
+# Rust regex class for the vectorised path (pipeline.io.arrow_map); they agree up to the Unicode
+# versions of the two (Python 3.11: 14.0).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"})
+_INVISIBLE_EXTRA = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # blank letters and the blank braille cell
+#: Unicode White_Space, as a regex class body both Python's re and Rust's regex read
+WHITESPACE_CLASS = r"\t\n\x0b\x0c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: the invisible characters as a Rust regex class body (Polars)
+INVISIBLE_CLASS = r"\p{Cc}\p{Cf}\p{Z}\p{Mn}\p{Me}\u115f\u1160\u3164\uffa0\u2800"
+_WS_ONLY = re.compile(f"[{WHITESPACE_CLASS}]*")
+INVISIBLE_REASON = "{} turn holds only control or invisible characters"
+
+
+def invisible_only(text: str) -> bool:
+    """True for text with something other than whitespace in it but no visible character."""
+    cat = unicodedata.category
+    for ch in text:  # stops at the first visible character: the first, in real text
+        if ch not in _INVISIBLE_EXTRA and cat(ch) not in _INVISIBLE_CATEGORIES:
+            return False
+    return _WS_ONLY.fullmatch(text) is None
+
+
 def check_messages(messages: Messages) -> Messages:
     if not messages:
         raise Reject("empty conversation")
@@ -96,6 +122,12 @@ def check_messages(messages: Messages) -> Messages:
         raise Reject("no assistant turn")
     if not any(m["role"] == "user" for m in messages):
         raise Reject("no user turn")
+    for m in messages:
+        c = m["content"]
+        if c and "!" <= c[0] <= "~":  # starts with a visible ASCII character: most text, no call
+            continue
+        if invisible_only(c):
+            raise Reject(INVISIBLE_REASON.format(m["role"]))
     return messages
 
 

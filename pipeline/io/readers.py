@@ -1,12 +1,15 @@
 """Streaming readers: files of any supported format -> batches of canonical rows + rejects.
 
 Container formats: JSONL (``.jsonl``/``.ndjson``, optionally ``.gz``), JSON arrays (``.json``,
-optionally ``.gz``; parsed incrementally, never loaded whole), Parquet (read by row group), CSV /
+optionally ``.gz``; split element by element, never loaded whole, so a bad element is one
+reject), Parquet (read by row group; a string cell that is not UTF-8 makes its row a reject), CSV /
 TSV (``.csv``/``.tsv``, optionally ``.gz``; column types inferred over the whole file, then read in
 blocks), and Hugging Face ``datasets`` (a ``save_to_disk`` directory, or any ``load_dataset``
 builder over local files; a ``DatasetDict`` gives every split, with a ``split`` column, unless
-``hf_split`` names one). Record formats are in :mod:`pipeline.io.formats`; the format is detected
-from the first well-formed record of each source unless the source forces one.
+``hf_split`` names one). JSON text may be UTF-8 (with or without a BOM), UTF-16 or UTF-32
+(:mod:`pipeline.io.textstream`). Record formats are in :mod:`pipeline.io.formats`; the format is
+detected from the first well-formed record of each source unless the source forces one. Arrow
+batches of the common shapes are mapped with Polars expressions (:mod:`pipeline.io.arrow_map`).
 
 Every input field a format does not map becomes a typed top-level column of its own (a *user
 column*, named by :func:`pipeline.schema.user_column_name`): Parquet, CSV and datasets columns keep
@@ -15,7 +18,9 @@ mix kinds (a number here, a string there) becomes a string column holding string
 values as JSON text. Batches of one source may still differ in a column's type (ints in one batch,
 floats in the next): :func:`unify_tables` gives them one schema.
 
-Memory is bounded by ``batch_rows``: readers yield :class:`Batch` objects and never hold a file.
+Memory is bounded by ``batch_rows`` and, per JSON/JSONL record, by ``SourceSpec.max_record_bytes``:
+a longer record is one reject and is skipped without being held; ``SourceSpec.max_depth`` bounds
+nesting the same way. Readers yield :class:`Batch` objects and never hold a file.
 
 ``source_row`` is the 0-based record index within the source: the line index for JSONL (blank
 lines are skipped and are not rows, but still advance the index), the element index for JSON arrays,
@@ -38,8 +43,9 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
+from pipeline.io import arrow_map
+from pipeline.io.arrow_map import split_invalid_utf8
 from pipeline.io.formats import (
-    CALL_ROLES,
     FORMATS,
     REASONING_MODES,
     THINK_TAGS,
@@ -47,25 +53,37 @@ from pipeline.io.formats import (
     apply_think,
     detect_format,
     take_tools,
-    think_pattern,
     think_regex,
 )
 from pipeline.io.shards import unify_tables
+from pipeline.io.textstream import (
+    CHUNK,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_RECORD_BYTES,
+    Oversize,
+    TooDeep,
+    Trailing,
+    Utf8Stream,
+    iter_json_values,
+    iter_lines,
+    json_depth,
+    open_utf8,
+)
 from pipeline.schema import (
     CANONICAL,
     RAW_LIMIT,
     REJECTS,
-    ROLE_ALIASES,
-    conform_messages,
-    hash_payloads,
     message_id,
-    message_ids,
-    message_part_expr,
     reserved_columns,
     user_column_name,
 )
 
 CONTAINERS = ("auto", "jsonl", "json", "parquet", "csv", "tsv", "hf_disk", "hf_load")
+#: bumped whenever the readers decide a record differently (a new reject rule, another split of a
+#: file): part of the ingest cache key, so a stored ingest made by older readers is not reused.
+#: 2: JSON arrays split per element, BOM/UTF-16/32, size and depth limits, invalid UTF-8 Parquet
+#: cells and invisible-only turns as rejects; tool calls, reasoning, tools and user columns.
+READER_VERSION = 2
 
 #: every ``hf_*`` key of a source, with what it means (``curate formats`` prints these)
 HF_KEYS: dict[str, str] = {
@@ -112,6 +130,10 @@ class SourceSpec:
     hf_kwargs: dict[str, Any] = field(default_factory=dict)
     reasoning: str = "auto"  # "auto": reasoning fields, else a leading think block; "fields": fields only
     think_tags: tuple[str, str] = THINK_TAGS
+    #: a JSON/JSONL record longer than this is one reject, skipped without being held in memory
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    #: a JSON/JSONL record nested deeper than this is one reject (found while scanning, not parsed)
+    max_depth: int = DEFAULT_MAX_DEPTH
 
     @property
     def source_name(self) -> str:
@@ -126,9 +148,10 @@ class SourceSpec:
                    reasoning=getattr(sc, "reasoning", "auto"), think_tags=tuple(getattr(sc, "think_tags", THINK_TAGS)))
 
     def key_parts(self) -> tuple[Any, ...]:
-        """Every reader setting that shapes the rows (for an ingest cache key)."""
-        return (self.source_name, self.container, self.format, self.hf_builder, self.hf_split,
-                json.dumps(self.hf_kwargs, sort_keys=True, default=str), self.reasoning, list(self.think_tags))
+        """Every reader setting that shapes the rows (for an ingest cache key), and the readers' version."""
+        return (READER_VERSION, self.source_name, self.container, self.format, self.hf_builder, self.hf_split,
+                json.dumps(self.hf_kwargs, sort_keys=True, default=str), self.reasoning, list(self.think_tags),
+                self.max_record_bytes, self.max_depth)
 
 
 def _raw_text(rec: Any) -> str:
@@ -176,13 +199,43 @@ def _open_binary(path: str) -> io.BufferedIOBase:
 # Each yields (source_row, record-or-_Raw). A truncated/corrupt stream yields one _Raw and stops.
 
 
-def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    f = _open_binary(path)
+def _head_text(b: bytes) -> str:
+    return b[: RAW_LIMIT * 2].decode("utf-8", "replace")[:RAW_LIMIT]
+
+
+def _oversize(size: int, limit: int, head: bytes) -> _Raw:
+    return _Raw(f"record of {size:,} bytes exceeds the per-record limit of {limit:,} bytes (max_record_mb)",
+                _head_text(head))
+
+
+def _too_deep(limit: int, head: bytes) -> _Raw:
+    return _Raw(f"nesting deeper than the limit of {limit} levels (max_depth)", _head_text(head))
+
+
+def _open_utf8(path: str) -> Utf8Stream:
+    try:
+        return open_utf8(path)
+    except OSError as e:
+        raise SourceError(f"{path}: cannot open: {e.strerror or e}") from e
+
+
+def _iter_jsonl(path: str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+                ) -> Iterator[tuple[int, Any]]:
+    """JSONL records by line index; a line over ``max_bytes`` is skipped as it streams (one reject), a
+    line nested deeper than ``max_depth`` is rejected before it is parsed."""
+    f = _open_utf8(path)
     i = -1
     try:
         with f:
-            for i, line in enumerate(f):  # noqa: B007 - i is read after the loop
-                if not line.strip():
+            for i, line in enumerate(iter_lines(f, max_bytes)):  # noqa: B007 - i is read after the loop
+                if isinstance(line, Oversize):
+                    yield i, _oversize(line.size, max_bytes, line.head)
+                    continue
+                if not line or line.isspace():  # blank lines are not rows (no copy, unlike strip)
+                    continue
+                # exact depth only where the bracket count allows a too-deep record (cheap C counts)
+                if line.count(b"[") + line.count(b"{") > max_depth and json_depth(line) > max_depth:
+                    yield i, _too_deep(max_depth, line)
                     continue
                 try:
                     yield i, orjson.loads(line)
@@ -192,111 +245,59 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
                         reason = f"malformed JSON: {e}"
                     except UnicodeDecodeError:
                         reason = "invalid UTF-8"
-                    yield i, _Raw(reason, line[:RAW_LIMIT].decode("utf-8", "replace"))
+                    yield i, _Raw(reason, _head_text(line))
+    except UnicodeDecodeError as e:
+        yield i + 1, _Raw(f"undecodable {f.encoding} text after line {i + 1}: {e.reason}; rest of file unreadable", "")
     except (EOFError, gzip.BadGzipFile, OSError) as e:
         yield i + 1, _Raw(f"unreadable stream after line {i + 1}: {e}", "")
 
 
-class _JsonStream:
-    """A text buffer over a byte stream that drops consumed text when it refills."""
-
-    def __init__(self, f: io.BufferedIOBase, chunk: int) -> None:
-        self.f, self.chunk = f, chunk
-        self.buf, self.pos, self.pending, self.eof = "", 0, b"", False
-
-    def fill(self) -> bool:
-        if self.eof:
-            return False
-        data = self.f.read(self.chunk)
-        if not data:
-            self.eof = True
-            if self.pending:
-                raise UnicodeDecodeError("utf-8", self.pending, 0, len(self.pending), "truncated UTF-8 at end of file")
-            return False
-        data = self.pending + data
-        cut = len(data)  # keep an incomplete trailing UTF-8 sequence for the next read
-        for back in range(1, min(4, len(data)) + 1):
-            b = data[-back]
-            if b & 0xC0 == 0x80:
-                continue
-            if b & 0x80:
-                need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4
-                if back < need:
-                    cut = len(data) - back
-            break
-        self.pending = data[cut:]
-        self.buf = self.buf[self.pos :] + data[:cut].decode("utf-8")
-        self.pos = 0
-        return True
-
-    def skip_ws(self) -> bool:
-        """Advance past whitespace; False at end of input."""
-        while True:
-            buf, pos = self.buf, self.pos
-            while pos < len(buf) and buf[pos] in " \t\r\n":
-                pos += 1
-            self.pos = pos
-            if pos < len(buf):
-                return True
-            if not self.fill():
-                return False
-
-    def peek(self) -> str:
-        return self.buf[self.pos]
+def _parse_element(idx: int, el: bytes | bytearray) -> Any:
+    if not el or el.isspace():
+        return _Raw(f"malformed JSON at element {idx}: empty element", "")
+    try:
+        return orjson.loads(el)
+    except orjson.JSONDecodeError as e:
+        try:
+            el.decode("utf-8")
+            reason = f"malformed JSON at element {idx}: {e}"
+        except UnicodeDecodeError:
+            reason = f"invalid UTF-8 in element {idx}"
+        return _Raw(reason, _head_text(el))
 
 
-def _iter_json_array(path: str, chunk: int = 1 << 20) -> Iterator[tuple[int, Any]]:
-    """Incremental parse of a top-level JSON array (or of concatenated JSON values in a .json)."""
-    f = _open_binary(path)
-    decoder = json.JSONDecoder()
-    s = _JsonStream(f, chunk)
+def _iter_json_array(path: str, chunk: int = CHUNK, max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                     max_depth: int = DEFAULT_MAX_DEPTH) -> Iterator[tuple[int, Any]]:
+    """Elements of a top-level JSON array (or concatenated JSON values in a .json), one at a time:
+    a bad element is one reject and the next one is read (see :mod:`pipeline.io.textstream`)."""
+    f = _open_utf8(path)
     idx = 0
     try:
         with f:
-            if not s.skip_ws():
-                return  # empty file: zero rows
-            array = s.peek() == "["
-            if array:
-                s.pos += 1
-                if s.skip_ws() and s.peek() == "]":
-                    return
-            while True:
-                if not s.skip_ws():
-                    if array:
-                        yield idx, _Raw(f"unterminated JSON array after element {idx}", "")
-                    return
-                while True:
-                    try:
-                        obj, end = decoder.raw_decode(s.buf, s.pos)
-                        # a number or literal cut at a chunk edge parses short: re-read with more data
-                        if end == len(s.buf) and s.fill():
-                            continue
-                        break
-                    except json.JSONDecodeError as e:
-                        if s.fill():
-                            continue
-                        yield idx, _Raw(f"malformed JSON at element {idx}: {e.msg}; rest of file unreadable", s.buf[s.pos : s.pos + RAW_LIMIT])
-                        return
-                yield idx, obj
-                idx += 1
-                s.pos = end
-                if not array:
-                    continue
-                if not s.skip_ws():
-                    yield idx, _Raw(f"unterminated JSON array after element {idx}", "")
-                    return
-                c = s.peek()
-                if c == ",":
-                    s.pos += 1
-                elif c == "]":
-                    return
+            for el in iter_json_values(f, max_bytes, max_depth, chunk):
+                if isinstance(el, (bytes, bytearray)):
+                    yield idx, _parse_element(idx, el)
+                elif isinstance(el, Oversize):
+                    yield idx, _oversize(el.size, max_bytes, el.head)
+                elif isinstance(el, TooDeep):
+                    yield idx, _too_deep(max_depth, el.head)
+                elif isinstance(el, Trailing):
+                    yield idx, _Raw(f"data after the end of the JSON array (after element {idx - 1})", _head_text(el.head))
+                elif el.data.strip():  # Unterminated: the file ends inside this element
+                    rec = _parse_element(idx, el.data)
+                    if isinstance(rec, _Raw):
+                        rec.reason = f"malformed JSON at element {idx}: the file ends inside it (unterminated array)"
+                        yield idx, rec
+                    else:  # complete, only the closing bracket is missing: keep it, say so once
+                        yield idx, rec
+                        yield idx + 1, _Raw(f"unterminated JSON array after element {idx}", "")
                 else:
-                    yield idx, _Raw(f"expected ',' or ']' after element {idx - 1}; rest of file unreadable", s.buf[s.pos : s.pos + RAW_LIMIT])
-                    return
-    except UnicodeDecodeError:
-        yield idx, _Raw(f"invalid UTF-8 after element {idx}; rest of file unreadable", "")
+                    yield idx, _Raw("unterminated JSON array" + (f" after element {idx - 1}" if idx else ""), "")
+                idx += 1
+    except UnicodeDecodeError as e:
+        yield idx, _Raw(f"undecodable {f.encoding} text after element {idx - 1}: {e.reason}; rest of file unreadable", "")
     except (EOFError, gzip.BadGzipFile, OSError) as e:
-        yield idx, _Raw(f"unreadable stream after element {idx}: {e}", "")
+        yield idx, _Raw(f"unreadable stream after element {idx - 1}: {e}", "")
 
 
 def _open_parquet(path: str) -> Any:
@@ -308,34 +309,47 @@ def _open_parquet(path: str) -> Any:
         raise SourceError(f"{path}: cannot open as Parquet: {e}") from e
 
 
-def _parquet_batches(pf: Any, batch_rows: int) -> Iterator[tuple[int, Any]]:
-    """``(start_row, record_batch)`` over a Parquet file, one row group at a time; where a row group
-    cannot be decoded (corrupt pages), ``(start_row, (n_rows, reason))`` for the rows of it not yet
-    yielded, then the next row group. The footer knows every row group's size, so a corrupt region
-    costs exactly its rows, each accounted for, and the rest of the file is still read."""
+def _parquet_batches(pf: Any, batch_rows: int) -> Iterator[tuple[int, Any, Any, dict[int, tuple[str, str]]]]:
+    """``(start_row, record_batch, offsets, bad)`` over a Parquet file, one row group at a time, where
+    ``bad`` maps batch offsets to ``(reason, raw)`` for rows with a string cell that is not UTF-8:
+    they are taken out of the batch (``offsets``: the batch offsets of the rows left, None when all
+    are) so they never reach Polars or a shard. Where a row group cannot be decoded (corrupt pages),
+    ``(start_row, (n_rows, reason), None, {})`` for the rows of it not yet yielded, then the next row
+    group. The footer knows every row group's size, so a corrupt region costs exactly its rows, each
+    accounted for, and the rest of the file is still read."""
     start = 0
     for rg in range(pf.num_row_groups):
         end = start + pf.metadata.row_group(rg).num_rows
         try:
             for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[rg]):
-                yield start, rb
+                yield (start, *split_invalid_utf8(rb))
                 start += rb.num_rows
         except (OSError, pa.ArrowException) as e:
             reason = f"unreadable Parquet row group {rg} (rows {start}-{end - 1}): {e}"
             for lo in range(start, end, batch_rows):  # in batches, like the rows that did read
-                yield lo, (min(batch_rows, end - lo), reason)
+                yield lo, (min(batch_rows, end - lo), reason), None, {}
         start = end
 
 
+def _batch_records(start: int, rb: pa.RecordBatch, offsets: Any, bad: dict[int, tuple[str, str]]
+                   ) -> list[tuple[int, Any]]:
+    """``(source_row, record or _Raw)`` for every row of a batch from :func:`_parquet_batches`, in order."""
+    recs = rb.to_pylist()
+    items = list(zip(range(start, start + len(recs)) if offsets is None else (start + int(o) for o in offsets),
+                     recs, strict=True))
+    if bad:
+        items = sorted(items + [(start + j, _Raw(*v)) for j, v in bad.items()], key=lambda x: x[0])
+    return items
+
+
 def _iter_parquet(path: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
-    for start, b in _parquet_batches(_open_parquet(path), batch_rows):
+    for start, b, offsets, bad in _parquet_batches(_open_parquet(path), batch_rows):
         if isinstance(b, tuple):
             n, reason = b
             for i in range(start, start + n):
                 yield i, _Raw(reason, "")
         else:
-            for j, rec in enumerate(b.to_pylist()):
-                yield start + j, rec
+            yield from _batch_records(start, b, offsets, bad)
 
 
 _HF_LOAD_LOCK = threading.Lock()
@@ -431,9 +445,9 @@ def iter_records(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[tuple[i
     if container in ("jsonl", "json", "parquet") and not os.path.exists(spec.path):
         raise SourceError(f"{spec.path}: no such file")
     if container == "jsonl":
-        return _iter_jsonl(spec.path)
+        return _iter_jsonl(spec.path, spec.max_record_bytes, spec.max_depth)
     if container == "json":
-        return _iter_json_array(spec.path)
+        return _iter_json_array(spec.path, CHUNK, spec.max_record_bytes, spec.max_depth)
     if container == "parquet":
         return _iter_parquet(spec.path, batch_rows)
     if container in ("csv", "tsv"):
@@ -557,203 +571,6 @@ class _BatchBuilder:
         return Batch(rows, rejects, fmt)
 
 
-# ---------------------------------------------------------------- vectorised mapping of Arrow batches
-# Parquet and datasets batches of the common shapes are mapped with Polars expressions instead of
-# per-record Python; the result (messages, ids, reject reasons, user columns) is the same as the record
-# mappers in pipeline.io.formats give. Anything unusual (non-string columns, content parts, mixed
-# answer keys) returns None and the batch takes the per-record path.
-
-_FLAT: dict[str, tuple[str, str | None, tuple[str, ...], str | None]] = {
-    # format: (prompt field, optional input field, answer fields in order of preference, system field)
-    "alpaca": ("instruction", "input", ("output", "response"), "system"),
-    "prompt_completion": ("prompt", None, ("completion", "canonical_solution", "response"), None),
-    "question_answer": ("question", None, ("answer", "ground_truth"), None),
-}
-
-_ALIASES_LOWER = {k.lower(): v for k, v in ROLE_ALIASES.items()}
-
-
-def _is_str(dtype: pl.DataType) -> bool:
-    return dtype in (pl.String, pl.Null)
-
-
-def _user_exprs(cols: list[str]) -> list[pl.Expr]:
-    """The unmapped columns of a batch as user columns (renamed where the tool uses the name)."""
-    reserved = reserved_columns()
-    return [pl.col(c).alias(user_column_name(c, reserved)) for c in cols]
-
-
-def _map_flat(df: pl.DataFrame, fmt: str) -> pl.DataFrame | None:
-    prompt, extra, answers, system = _FLAT[fmt]
-    schema = df.schema
-    if "tools" in schema:  # tool definitions are parsed and canonicalised per record
-        return None
-    used = [c for c in (prompt, extra, system, *answers) if c is not None and c in schema]
-    if any(not _is_str(schema[c]) for c in used):
-        return None
-    nulls = [c for c in used if schema[c] == pl.Null]
-    if nulls:  # an all-null column (datasets types it Null): String, so the text expressions apply
-        df = df.with_columns(pl.col(c).cast(pl.String) for c in nulls)
-        schema = df.schema
-    present = [a for a in answers if a in schema]
-    # one answer key for the whole batch, else per-record semantics (user columns differ per row)
-    key_idx = pl.coalesce([pl.when(pl.col(a).is_not_null()).then(pl.lit(i)) for i, a in enumerate(present)]) if present else pl.lit(None)
-    keys = df.select(key_idx.alias("k"))["k"].drop_nulls().unique()
-    if keys.len() > 1:
-        return None
-    out_key = present[keys[0]] if keys.len() == 1 else None
-    missing_answer = f"missing field '{answers[0]}'" + (f" (or {', '.join(repr(k) for k in answers[1:])})" if len(answers) > 1 else "")
-    p = pl.col(prompt) if prompt in schema else pl.lit(None, pl.String)
-    reason = pl.when(p.is_null()).then(pl.lit(f"missing field '{prompt}'"))
-    if out_key is None:
-        reason = reason.otherwise(pl.lit(missing_answer))
-        answer = pl.lit(None, pl.String)
-    else:
-        answer = pl.col(out_key)
-        reason = reason.when(answer.is_null()).then(pl.lit(missing_answer)).otherwise(pl.lit(None, pl.String))
-    user = p
-    if extra is not None and extra in schema:
-        inp = pl.col(extra)
-        user = pl.when(inp.is_not_null() & (inp.str.strip_chars().str.len_chars() > 0)).then(
-            pl.concat_str([p, pl.lit("\n\n"), inp])).otherwise(p)
-    turn = lambda role, content: pl.struct(pl.lit(role).alias("role"), content.alias("content"))  # noqa: E731
-    msgs = pl.concat_list([pl.concat_list([turn("user", user)]), pl.concat_list([turn("assistant", answer)])])
-    # the id payload straight from the columns: same bytes as message_id(), without a list pass
-    payload = pl.concat_str([message_part_expr("user", user), message_part_expr("assistant", answer)])
-    if system is not None and system in schema:
-        sys_ = pl.col(system)
-        has_sys = sys_.is_not_null() & (sys_.str.len_chars() > 0)
-        msgs = pl.when(has_sys).then(pl.concat_list([pl.concat_list([turn("system", sys_)]), msgs])).otherwise(msgs)
-        payload = pl.when(has_sys).then(pl.concat_str([message_part_expr("system", sys_), payload])).otherwise(payload)
-    drop = {prompt, extra, system, out_key}
-    rest = [c for c in df.columns if c not in drop and c != "_row"]
-    return df.select(pl.col("_row"), reason.alias("_reason"), msgs.alias("messages"), payload.alias("_payload"),
-                     *_user_exprs(rest))
-
-
-def _map_turns(df: pl.DataFrame, key: str) -> pl.DataFrame | None:
-    schema = df.schema
-    if key not in schema or "system" in schema or "tools" in schema:
-        return None
-    dt = schema[key]
-    if not isinstance(dt, pl.List) or not isinstance(dt.inner, pl.Struct):
-        return None
-    fields = {f.name: f.dtype for f in dt.inner.fields}
-    rk = "from" if "from" in fields else "role"
-    ck = "value" if "value" in fields else "content"
-    if rk not in fields or ck not in fields or not _is_str(fields[rk]) or not _is_str(fields[ck]):
-        return None
-    if fields[rk] == pl.Null or fields[ck] == pl.Null:
-        return None
-    if set(fields) - {rk, ck}:  # tool calls, reasoning, names, ...: the per-record mappers keep them
-        return None
-    el = pl.element()
-    calls = df.select(pl.col(key).list.eval(el.struct.field(rk).str.strip_chars().str.to_lowercase()
-                                            .is_in(list(CALL_ROLES))).list.any().any()).item()
-    if calls:  # ShareGPT function_call turns merge into assistant messages: the per-record mappers do that
-        return None
-    idx = pl.int_range(pl.len()).cast(pl.String)
-    raw_role = el.struct.field(rk)
-    role = raw_role.str.strip_chars().str.to_lowercase().replace_strict(_ALIASES_LOWER, default=None, return_dtype=pl.String)
-    content = el.struct.field(ck)
-    where = pl.concat_str([pl.lit(f"{key}["), idx, pl.lit("]")])
-    turn_err = (
-        pl.when(el.is_null()).then(pl.concat_str([where, pl.lit(" must be an object, got NoneType")]))
-        .when(raw_role.is_null()).then(pl.concat_str([where, pl.lit(": role must be a string, got NoneType")]))
-        .when(role.is_null()).then(pl.concat_str([where, pl.lit(": unknown role '"), raw_role, pl.lit("'")]))
-        .when(content.is_null()).then(pl.concat_str([where, pl.lit(": missing content")]))
-        .otherwise(pl.lit(None, pl.String))
-    )
-    c = pl.col(key)
-    tmp = df.select(
-        pl.col("_row"),
-        c.is_null().alias("_missing"),
-        c.list.eval(turn_err).list.drop_nulls().list.first().alias("_turn_err"),
-        c.list.eval(pl.struct(role.alias("role"), content.alias("content"))).alias("messages"),
-        *_user_exprs([x for x in df.columns if x not in (key, "_row")]),
-    )
-    roles = pl.col("messages").list.eval(el.struct.field("role"))
-    reason = (
-        pl.when(pl.col("_missing")).then(pl.lit(f"missing field '{key}'"))
-        .when(pl.col("_turn_err").is_not_null()).then(pl.col("_turn_err"))
-        .when(pl.col("messages").list.len() == 0).then(pl.lit("empty conversation"))
-        .when(~roles.list.contains("assistant")).then(pl.lit("no assistant turn"))
-        .when(~roles.list.contains("user")).then(pl.lit("no user turn"))
-        .otherwise(pl.lit(None, pl.String))
-    )
-    return tmp.select(pl.col("_row"), reason.alias("_reason"), pl.exclude("_row", "_missing", "_turn_err"))
-
-
-def think_split_expr(tags: tuple[str, str] = THINK_TAGS, messages: str = "messages") -> pl.Expr:
-    """:func:`pipeline.io.formats.apply_think` over a full-typed ``messages`` column, in Polars."""
-    pat = think_pattern(tags)
-    el = pl.element()
-    content = el.struct.field("content")
-    hit = (el.struct.field("role") == "assistant") & el.struct.field("reasoning").is_null() & content.str.contains(pat)
-    return pl.col(messages).list.eval(el.struct.with_fields(
-        pl.when(hit).then(content.str.extract(pat, 1)).otherwise(el.struct.field("reasoning")).alias("reasoning"),
-        pl.when(hit).then(content.str.extract(pat, 2)).otherwise(content).alias("content"),
-    ))
-
-
-def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, source: str,
-                    spec: SourceSpec | None = None) -> Batch | None:
-    """Map a whole Arrow batch of records in format ``fmt`` at once; None if it needs the per-record path.
-
-    ``spec`` gives the reasoning settings (default: split leading think blocks)."""
-    if fmt not in _FLAT and fmt not in ("sharegpt", "messages"):
-        return None
-    try:
-        df = pl.from_arrow(rb)
-    except Exception:  # exotic Arrow types: let the per-record path report them
-        return None
-    assert isinstance(df, pl.DataFrame)
-    df = df.with_row_index("_row", offset=start_row)
-    mapped = _map_flat(df, fmt) if fmt in _FLAT else _map_turns(df, "conversations" if fmt == "sharegpt" else "messages")
-    if mapped is None:
-        return None
-    n_bad = mapped["_reason"].null_count()
-    if n_bad == mapped.height:  # the common case: no rejects, no copies
-        good, bad = mapped, mapped.clear()
-    else:
-        bad = mapped.filter(pl.col("_reason").is_not_null())
-        good = mapped.filter(pl.col("_reason").is_null())
-    if bad.height:
-        raw = df.join(bad.select("_row"), on="_row", how="semi").drop("_row")
-        raw_text = raw.select(pl.struct(raw.columns).struct.json_encode().str.slice(0, RAW_LIMIT).alias("raw"))["raw"] if raw.width else pl.Series("raw", [""] * bad.height)
-    else:
-        raw_text = pl.Series("raw", [], dtype=pl.String)
-    ids = None
-    if spec is None or spec.reasoning == "auto":
-        tags = THINK_TAGS if spec is None else tuple(spec.think_tags)
-        has = good.select(pl.col("messages").list.eval(
-            pl.element().struct.field("content").str.contains(tags[0], literal=True)).list.any().any())
-        if has.item():  # the message struct gets its other fields (null) only when reasoning is split off
-            good = conform_messages(good).with_columns(think_split_expr(tags))  # type: ignore[arg-type]
-            ids = message_ids(good["messages"])
-    if ids is None:  # role/content only: the payload straight from the columns, or from the 2-field struct
-        ids = hash_payloads(good["_payload"]) if "_payload" in good.columns else message_ids(good["messages"])
-    user = [c for c in good.columns if c not in ("_row", "_reason", "_payload", "messages", "tools")]
-    frame = pl.DataFrame({
-        "id": ids,
-        "source": pl.Series([source] * good.height, dtype=pl.String),
-        "source_row": good["_row"].cast(pl.Int64),
-        "messages": good["messages"],
-        "tools": pl.Series([None] * good.height, dtype=pl.String),  # a source with tools takes the per-record path
-    }).hstack(good.select(user).get_columns())
-    table = frame.to_arrow()
-    canon = table.select(CANONICAL.names).cast(CANONICAL)
-    extra = table.select(user)
-    rows = pa.Table.from_arrays([*canon.columns, *extra.columns], schema=pa.schema([*CANONICAL, *extra.schema]))
-    rejects = pl.DataFrame({
-        "source": pl.Series([source] * bad.height, dtype=pl.String),
-        "source_row": bad["_row"].cast(pl.Int64),
-        "reason": bad["_reason"],
-        "raw": raw_text,
-    }).to_arrow().cast(REJECTS)
-    return Batch(rows, rejects, fmt)
-
-
 def _detect_in_batch(rb: Any) -> str | None:
     """The format of the first of a batch's first 100 records that has a recognisable shape."""
     for j in range(min(rb.num_rows, 100)):
@@ -763,28 +580,54 @@ def _detect_in_batch(rb: Any) -> str | None:
     return None
 
 
-def _read_arrow_batches(spec: SourceSpec, batches: Iterator[tuple[int, Any]], fmt: str | None) -> Iterator[Batch]:
-    """Canonical batches of a stream of ``(start_row, Arrow batch | (n_lost, reason))``: vectorised
-    where the format allows, else per record with the container's column types."""
-    auto = spec.format == "auto"
+def map_arrow_batch(rb: pa.RecordBatch | pa.Table, fmt: str, start_row: int, source: str,
+                    spec: SourceSpec | None = None, rows: Any = None) -> Batch | None:
+    """Map a whole Arrow batch of records in format ``fmt`` at once; None if it needs the per-record
+    path (see :func:`pipeline.io.arrow_map.map_arrow_batch`)."""
+    out = arrow_map.map_arrow_batch(rb, fmt, start_row, source, spec, rows)
+    return None if out is None else Batch(*out, fmt)
+
+
+def _plain(batches: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any, Any, dict[int, tuple[str, str]]]]:
+    """``(start, batch)`` streams (CSV, datasets) in the Parquet form ``(start, batch, offsets, bad)``."""
     for start, rb in batches:
+        yield start, rb, None, {}
+
+
+def _read_arrow_batches(spec: SourceSpec, batches: Iterator[tuple[int, Any, Any, dict[int, tuple[str, str]]]],
+                        fmt: str | None) -> Iterator[Batch]:
+    """Canonical batches of a stream of ``(start_row, Arrow batch | (n_lost, reason), offsets, bad)``
+    (:func:`_parquet_batches`): vectorised where the format allows, else per record with the
+    container's column types; rows taken out for bad bytes (``bad``) are rejects either way."""
+    auto = spec.format == "auto"
+    for start, rb, offsets, bad in batches:
         if isinstance(rb, tuple):
             yield _lost_rows_batch(spec, start, *rb, fmt=fmt)
             continue
-        if fmt is None:
+        if fmt is None and rb.num_rows:
             fmt = _detect_in_batch(rb)
-            if fmt is None:  # nothing recognisable in the batch's head: its rows are of unknown format
-                b = _BatchBuilder(spec.source_name, spec)
-                for j, rec in enumerate(rb.to_pylist()):
-                    b.reject(start + j, "unknown record format; set the source's format", _raw_text(rec))
-                yield b.build(None)
-                continue
-        b = map_arrow_batch(rb, fmt, start, spec.source_name, spec)
+        if fmt is None:  # nothing recognisable in the batch's head: its rows are of unknown format
+            b = _BatchBuilder(spec.source_name, spec)
+            for row, rec in _batch_records(start, rb, offsets, bad):
+                if isinstance(rec, _Raw):
+                    b.reject(row, rec.reason, rec.raw)
+                else:
+                    b.reject(row, "unknown record format; set the source's format", _raw_text(rec))
+            yield b.build(None)
+            continue
+        rows = None if offsets is None else start + offsets
+        b = map_arrow_batch(rb, fmt, start, spec.source_name, spec, rows) if rb.num_rows else None
         if b is None:  # this batch needs the per-record mappers
             builder = _BatchBuilder(spec.source_name, spec)
-            for j, rec in enumerate(rb.to_pylist()):
-                builder.add(start + j, rec, fmt, auto)
-            b = builder.build(fmt, types=rb.schema)
+            for row, rec in _batch_records(start, rb, offsets, bad):
+                builder.add(row, rec, fmt, auto)
+            yield builder.build(fmt, types=rb.schema)
+            continue
+        if bad:
+            extra = _BatchBuilder(spec.source_name, spec)
+            for j, (reason, raw) in bad.items():
+                extra.reject(start + j, reason, raw)
+            b.rejects = pa.concat_tables([b.rejects, extra.build(fmt).rejects])
         yield b
 
 
@@ -832,13 +675,13 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
         yield from _read_arrow_batches(spec, _parquet_batches(_open_parquet(spec.path), batch_rows), fmt)
         return
     if container in ("csv", "tsv"):
-        yield from _read_arrow_batches(spec, _csv_batches(spec, container, batch_rows), fmt)
+        yield from _read_arrow_batches(spec, _plain(_csv_batches(spec, container, batch_rows)), fmt)
         return
     if container in ("hf_disk", "hf_load"):
         spec.container = container
         offset = 0
         for split, ds in _hf_parts(spec):
-            yield from _with_split(_read_arrow_batches(spec, _hf_batches(ds, batch_rows), fmt), split, offset)
+            yield from _with_split(_read_arrow_batches(spec, _plain(_hf_batches(ds, batch_rows)), fmt), split, offset)
             offset += ds.num_rows
         return
     records = iter_records(spec, batch_rows)

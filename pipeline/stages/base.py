@@ -90,7 +90,7 @@ LocalPath = Annotated[str, AfterValidator(_resolve_path)]
 class StageParams(BaseModel):
     """Base of every stage's params: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN passes every bound
 
 
 @dataclass(frozen=True)

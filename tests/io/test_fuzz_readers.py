@@ -7,6 +7,7 @@ gzip (whole or truncated) and Parquet.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.io import readers
 from pipeline.io.readers import SourceSpec, read_source
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
@@ -165,3 +167,73 @@ def test_parquet_with_corrupt_row_groups(tmp_path_factory, records: list, groups
     rows, rejects, reasons = _account(p)
     assert rows + rejects == len(records)
     assert sum(r.startswith("unreadable Parquet row group") for r in reasons) == lost
+
+
+# ---------------------------------------------------------------- JSON arrays with bad elements and BOMs
+
+BAD_ELEMENTS = [  # each keeps the array's structure: brackets balance, strings close
+    b'{"instruction": "bad \\q escape", "output": "x"}',
+    b'{"instruction": "\\ud800", "output": "x"}',
+    b'{"instruction": "x" "output": "y"}',
+    b'{"instruction": "x", "output": "y",}',
+    b'{"instruction": "x", "output": "y"} junk',
+    b'{"k": [1, 2}]',
+    b"nul",
+    b"01",
+    b"",
+    b"   ",
+    b"7",
+    b'"just a string"',
+    b"[1, 2]",
+    b'{"instruction": "\\u200b", "output": "x"}',
+    b'{"instruction": "q", "output": "\\u0001\\u200d"}',
+    b"[" * 300 + b"]" * 300,
+    b'{"instruction": "q", "output": "' + b"x" * 5000 + b'"}',  # over the 4 kB limit used below
+]
+BAD_UTF8 = [b'{"instruction": "caf\xe9", "output": "x"}', b'{"instruction": "x", "output": "\xff\xfe"}']
+ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]
+good_element = st.fixed_dictionaries({"instruction": text, "output": text}).map(lambda r: json.dumps(r).encode())
+element = st.one_of(good_element, st.sampled_from(BAD_ELEMENTS).map(lambda b: (b,)),
+                    st.sampled_from(BAD_UTF8).map(lambda b: (b,)))
+separator = st.sampled_from([b",", b", ", b",\n  ", b"\r\n,\t"])
+
+
+@FUZZ
+@given(elements=st.lists(element, max_size=30), seps=st.lists(separator, min_size=30, max_size=30),
+       encoding=st.sampled_from(ENCODINGS), gz=st.booleans(), chunk=st.integers(1, 64))
+def test_json_array_bad_elements_and_boms(tmp_path_factory, elements: list, seps: list, encoding: str, gz: bool,
+                                          chunk: int) -> None:
+    """``read`` equals the number of elements whatever is wrong with some of them, every bad element is
+    a reject at its own index, and the split does not depend on where the byte stream is cut."""
+    if not encoding.startswith("utf-8"):
+        elements = [e for e in elements if not (isinstance(e, tuple) and e[0] in BAD_UTF8)]  # text encodings
+    bad = {i for i, e in enumerate(elements) if isinstance(e, tuple)}
+    raw = [e[0] if isinstance(e, tuple) else e for e in elements]
+    body = b"[" + b"".join(r + (seps[i] if i < len(raw) - 1 else b"") for i, r in enumerate(raw)) + b"]\n"
+    if encoding.startswith("utf-8"):  # bytes as they are (the bad UTF-8 too), after a BOM for utf-8-sig
+        data = (codecs.BOM_UTF8 if encoding == "utf-8-sig" else b"") + body
+    else:
+        data = body.decode("utf-8").encode(encoding)
+    if encoding == "utf-16-be":
+        data = codecs.BOM_UTF16_BE + data
+    p = tmp_path_factory.mktemp("f") / ("a.json.gz" if gz else "a.json")
+    p.write_bytes(gzip.compress(data) if gz else data)
+    n = rejects = 0
+    reject_rows: set[int] = set()
+    for b in read_source(SourceSpec(path=str(p), max_record_bytes=4096), batch_rows=7):
+        n += b.n_read
+        rejects += b.rejects.num_rows
+        reject_rows |= set(b.rejects.column("source_row").to_pylist())
+        assert set(b.rows.column("source_row").to_pylist()).isdisjoint(bad)
+    if raw == [b""] or raw == [b"   "]:  # "[]" and "[   ]" are empty arrays, not an empty element
+        assert n == 0
+        return
+    assert n == len(elements)
+    assert bad <= reject_rows
+    assert len(reject_rows) == rejects  # one reject per row
+    whole = list(readers._iter_json_array(str(p), max_bytes=4096))
+    cut = list(readers._iter_json_array(str(p), chunk=chunk, max_bytes=4096))
+    def same(items: list) -> list:  # the raw text of a too-deep element is what was buffered: compare reasons
+        return [(i, r.reason if isinstance(r, readers._Raw) else repr(r)) for i, r in items]
+
+    assert same(whole) == same(cut)
