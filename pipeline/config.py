@@ -247,6 +247,24 @@ def _error_lines(err: ValidationError, raw: dict[str, Any], prefix: tuple[Any, .
     return lines
 
 
+def _source_columns(cfg: Config) -> set[str]:
+    """The columns the sources' rows will have (user columns included; JSON sources from their first
+    records), for the column check; a source that cannot be read yet adds nothing (its path is checked
+    on its own)."""
+    from pipeline.io.readers import SourceError, SourceSpec, source_schema
+
+    cols: set[str] = set()
+    for sc in cfg.sources:
+        path = cfg.resolve(sc.path)
+        if not path.exists() and sc.container != "hf_load":
+            continue
+        try:
+            cols |= set(source_schema(SourceSpec.from_config(sc, str(path))).names)
+        except (SourceError, OSError, ValueError):
+            continue
+    return cols
+
+
 def _check_stage_chain(cfg: Config) -> list[str]:
     """The checks that need the configured stages: each builds, each one's required columns are
     written by an earlier stage (or canonical), and a stateful stage is not listed twice in a run
@@ -260,7 +278,10 @@ def _check_stage_chain(cfg: Config) -> list[str]:
             problems.append(f"stages[{i}] ({entry.stage}): {e}")
     if problems:
         return problems
-    problems += check_columns(built)
+    missing = check_columns(built)
+    if missing and cfg.sources:  # a column may be the sources' own (a user column): read their schemas
+        missing = check_columns(built, inputs=_source_columns(cfg))
+    problems += missing
     if cfg.run.save_state or cfg.flow.incremental is not None:
         problems += check_state_names(built)
     return problems

@@ -255,16 +255,17 @@ def _registered_columns() -> dict[str, list[str]]:
     return out
 
 
-def check_columns(stages: Sequence[Stage], where: str = "stages") -> list[str]:
+def check_columns(stages: Sequence[Stage], where: str = "stages", inputs: Iterable[str] = ()) -> list[str]:
     """Problems (one line each, empty when none) with the columns ``stages`` (in run order) require.
 
-    A required column must be canonical or written by an earlier stage. A line names the stage, the
+    A required column must be canonical, one of the sources' own columns (``inputs``: user columns
+    such as AlpacaEval's ``preference``), or written by an earlier stage. A line names the stage, the
     field that references the column (when a param does), the column, and the stage that would
     write it: a later stage of the list ("runs after it: move it before"), or a registered stage
     that is not in the list ("add a 'length' stage before it").
     """
     problems: list[str] = []
-    available: set[str] = set(BASE_COLUMNS)
+    available: set[str] = set(BASE_COLUMNS) | set(inputs)
     for i, st in enumerate(stages):
         for col in st.requires():
             if col in available:

@@ -134,9 +134,10 @@ def lm_sample() -> pl.DataFrame:
     chat = _short(_read("fastchat_dummy_conversation.json.gz").filter(pl.col("messages").list.len() >= 4), 1, 300)
     msgs0, msgs1 = gsm["messages"][0].to_list(), gsm["messages"][1].to_list()
     alt = pl.DataFrame({"messages": [[msgs0[0], msgs1[-1]]]}, schema={"messages": gsm.schema["messages"]})
-    alt = alt.with_columns(pl.lit(message_id([msgs0[0], msgs1[-1]])).alias("id"), pl.lit(None, pl.String).alias("meta"),
+    alt = alt.with_columns(pl.lit(message_id([msgs0[0], msgs1[-1]])).alias("id"), pl.lit(None, pl.String).alias("tools"),
                           pl.lit("x").alias("source"), pl.lit(0, pl.Int64).alias("source_row"))
-    df = pl.concat([gsm.head(2), chat, alt.select(gsm.columns), gsm.slice(2, 1)], how="vertical_relaxed")
+    df = pl.concat([gsm.head(2), chat.select(gsm.columns), alt.select(gsm.columns), gsm.slice(2, 1)],
+                   how="vertical_relaxed")
     df = df.with_columns(pl.lit("contract_lm").alias("source"), pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
     return _predropped(df, [4])
 
