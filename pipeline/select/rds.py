@@ -12,7 +12,7 @@ Targets are any file :func:`pipeline.io.readers.read_table` reads (GSM8K test, H
 user_oriented_instructions, ...), embedded in the same view as the pool.
 
 Departures: RDS+ embeds with the *pretrained LM being fine-tuned*, using position-weighted mean
-pooling of its last hidden states; here a sentence-transformers model (MiniLM by default, any local
+pooling of its last hidden states; here sentence embeddings (``model: auto``: MiniLM on a GPU, its static distillation on CPU; any local
 sentence-transformers directory configurable), so scores measure topical/format similarity rather than
 the target model's own representation. ``rds_score`` holds the aggregated similarity to the nearest
 (best-scoring) target set.
