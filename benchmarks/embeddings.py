@@ -59,7 +59,7 @@ import polars as pl  # noqa: E402
 from _common import peak_rss_mb  # noqa: E402
 
 MODELS = ("minilm", "minilm-static")
-EDIT_RATES = (0.05, 0.1, 0.2, 0.3)
+EDIT_RATES = (0.05, 0.15, 0.3)
 ORIG_FILES = ("gpteacher_codegen.json.gz", "gpteacher_roleplay.json.gz", "code_alpaca_2k.json.gz",
               "gsm8k_train.jsonl.gz", "sharegpt_17k.parquet", "alpaca_eval_reference.parquet",
               "t0_templated_50k.parquet")
@@ -178,10 +178,11 @@ def near_dup_quality(texts: list[str], work: Path, semhash_py: str | None) -> di
     except Exception as e:  # noqa: BLE001
         res["semhash_vectors_error"] = repr(e)
     # dedup decisions: semhash self_deduplicate vs the pipeline's SemDeDup on originals + copies at 0.1
-    pool = texts + copies[0.1]
+    pool = texts + copies[0.15]
     res["dedup_decisions"] = {"rows": len(pool), "copies": len(texts)}
     for m in MODELS:
-        res["dedup_decisions"][f"semdedup {m} eps=0.1"] = semdedup_decisions(pool, len(texts), m, work, 0.1)
+        vecs = np.concatenate([embed(texts, m, work), embed(copies[0.15], m, work)])
+        res["dedup_decisions"][f"semdedup {m} eps=0.1"] = semdedup_decisions(pool, len(texts), m, work, 0.1, vecs)
     if semhash_py:
         p = work / "nd_pool.parquet"
         pl.DataFrame({"text": pool}).write_parquet(p)
@@ -202,43 +203,56 @@ def _frame(texts: list[str]) -> pl.DataFrame:
                          "meta": [None] * len(texts)})
 
 
-def semdedup_decisions(pool: list[str], n_orig: int, model: str, work: Path, eps: float) -> dict[str, Any]:
-    dropped, _ = run_semdedup(pool, model, work, eps)
+def semdedup_decisions(pool: list[str], n_orig: int, model: str, work: Path, eps: float,
+                       vecs: np.ndarray) -> dict[str, Any]:
+    dropped, _ = run_semdedup(pool, model, work, eps, vecs)
     return {"copies_removed": round(float(dropped[n_orig:].mean()), 4),
             "originals_removed": round(float(dropped[:n_orig].mean()), 4)}
 
 
-def run_semdedup(texts: list[str], model: str, work: Path, eps: float) -> tuple[np.ndarray, float]:
+def prefill(df: pl.DataFrame, vecs: np.ndarray, model: str, work: Path) -> Path:
+    """A sidecar dir holding ``vecs`` for ``df``'s ids, so a stage reads them instead of re-embedding."""
+    from pipeline.embeddings import EmbeddingStore
+
+    key = hashlib.sha256("\x00".join(df["id"].to_list()).encode()).hexdigest()[:12]
+    d = work / f"store-{key}"
+    store = EmbeddingStore(d, model=model, view="instruction")
+    if len(store) == 0:
+        store.put(df["id"].to_list(), vecs)
+    return d
+
+
+def run_semdedup(texts: list[str], model: str, work: Path, eps: float, vecs: np.ndarray) -> tuple[np.ndarray, float]:
     from pipeline.select.base import run_in_memory
     from pipeline.stages.semdedup import SemanticDedup
 
     df = _frame(texts)
-    # a cache dir per text set keeps MiniLM's vectors between eps values (the stage reads them by id)
-    key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
+    d = prefill(df, vecs, model, work)
     t = time.perf_counter()
-    out = run_in_memory(SemanticDedup(model=model, eps=eps, keeper="first"), df, cache_dir=work / f"store-{key}")
+    out = run_in_memory(SemanticDedup(model=model, eps=eps, keeper="first"), df, cache_dir=d)
     return ~out["keep"].to_numpy(), time.perf_counter() - t
 
 
 # ---------------------------------------------------------------- GPTeacher toolformer
 
 
-def toolformer(work: Path) -> dict[str, Any]:
+def toolformer(work: Path, n: int) -> dict[str, Any]:
     from pipeline.embeddings import view_expr
     from pipeline.io.readers import read_table
 
     base, _ = read_table(str(REAL / "gpteacher_toolformer_dedupe_only.json.gz"))
-    base = base.unique(subset="id", keep="first", maintain_order=True)
+    base = base.unique(subset="id", keep="first", maintain_order=True).head(n)
     texts = base.select(view_expr("instruction").alias("t"))["t"].to_list()
     ids = base["id"].to_numpy()
-    res: dict[str, Any] = {"rows": len(texts), "auroc": {}, "semdedup": {}}
+    res: dict[str, Any] = {"rows": len(texts), "of": 7673, "auroc": {}, "semdedup": {}}
     labels = {}
     for x in ("0.6", "0.7", "0.8", "0.9"):
         kept, _ = read_table(str(REAL / f"gpteacher_toolformer_sim{x}.json.gz"))
         labels[x] = ~np.isin(ids, kept["id"].to_numpy())
     res["removed_by_authors"] = {x: int(v.sum()) for x, v in labels.items()}
+    vec = {m: embed(texts, m, work) for m in MODELS}
     for m in MODELS:
-        v = embed(texts, m, work)
+        v = vec[m]
         best = np.full(len(v), -np.inf, np.float32)
         for a in range(0, len(v), 2048):
             s = v[a:a + 2048] @ v.T
@@ -249,7 +263,7 @@ def toolformer(work: Path) -> dict[str, Any]:
     for eps in (0.02, 0.05, 0.1, 0.2):
         row = {}
         for m in MODELS:
-            d, sec = run_semdedup(texts, m, work, eps)
+            d, sec = run_semdedup(texts, m, work, eps, vec[m])
             drops[(m, eps)] = d
             row[m] = {"dropped": int(d.sum()), "seconds": round(sec, 1)}
         a, b = drops[("minilm-static", eps)], drops[("minilm", eps)]
@@ -290,11 +304,11 @@ def t0(n: int, budget: int, work: Path) -> dict[str, Any]:
                            "kmeans_ari": {}}
     rnd = np.random.default_rng(0).choice(rows.height, budget, replace=False)
     res["select"]["random"] = {"templates": int(len(set(labels[rnd]))), "mean_cos_minilm": round(pairwise(rnd), 4)}
-    key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
     for m in MODELS:
+        store_dir = prefill(rows, vec[m], m, work)
         for name, st in (("kmq", KMQ(model=m, budget=budget)),
                          ("repr_filter", ReprFilter(model=m, budget=budget, score="order", threshold=0.9))):
-            out = run_in_memory(st, rows, cache_dir=work / f"store-{key}")
+            out = run_in_memory(st, rows, cache_dir=store_dir)
             sel = np.flatnonzero(out["selected"].fill_null(False).to_numpy())
             res["select"][f"{name} {m}"] = {"selected": int(len(sel)), "templates": int(len(set(labels[sel]))),
                                             "mean_cos_minilm": round(pairwise(sel), 4)}
@@ -322,13 +336,41 @@ def child(python: str, args: list[str]) -> dict[str, Any]:
     return r
 
 
+POOL_ROWS = 1_000_000
+
+
 def pool_files(work: Path, n: int) -> list[str]:
+    """The benchmarks/scale.py pool of 1M rows (built once), its files in round-robin order of format
+    (alpaca-000, messages-000, sharegpt-000, alpaca-001, ...) so that a prefix is a fair sample."""
+    import re
+
     import scale
 
-    pool = work / f"n{n}" / "pool"
-    if not pool.is_dir() or not any(pool.iterdir()):
-        scale.synth_pool(REAL, work, n, 50_000)
-    return sorted(str(p) for p in pool.iterdir() if p.is_file())
+    pool = work / f"n{POOL_ROWS}" / "pool"
+    complete = (pool.parent / "truth.parquet").exists()
+    if not complete and not (pool.is_dir() and len(list(pool.glob("*.parquet"))) >= 2):
+        scale.synth_pool(REAL, work, POOL_ROWS, 50_000)
+        complete = True
+    files = [p for p in pool.iterdir() if p.is_file()]
+    if not complete:  # a pool whose build was stopped: its finished files (the last .jsonl.gz of each kind may be cut)
+        last = {k: max(p.name for p in files if p.name.startswith(k)) for k in ("alpaca", "sharegpt")
+                if any(p.name.startswith(k) for p in files)}
+        files = [p for p in files if p.name not in last.values() or p.suffix == ".parquet"]
+        print(f"  pool incomplete: using {len(files)} finished files", file=sys.stderr, flush=True)
+    return [str(p) for p in sorted(files, key=lambda p: (int(re.findall(r"\d+", p.name)[-1]), p.name))]
+
+
+def read_pool(work: Path, n: int, columns: list[str]) -> pl.DataFrame:
+    """The first ``n`` rows of the pool (files read in round-robin order until there are enough)."""
+    from pipeline.io.readers import read_table
+
+    parts, got = [], 0
+    for f in pool_files(work, n):
+        if got >= n:
+            break
+        parts.append(read_table(f)[0].select(columns))
+        got += parts[-1].height
+    return pl.concat(parts, how="vertical_relaxed").head(n)
 
 
 def c_embed(work: str, n: str, model: str) -> dict[str, Any]:
@@ -336,14 +378,12 @@ def c_embed(work: str, n: str, model: str) -> dict[str, Any]:
     import shutil
 
     from pipeline.embeddings import EmbeddingStore, embed_missing, load_model
-    from pipeline.io.readers import read_table
 
     t0 = time.perf_counter()
     load_model(model, "cpu")
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
-    df = pl.concat([read_table(f)[0].select("id", "messages") for f in pool_files(Path(work), int(n))],
-                   how="vertical_relaxed")
+    df = read_pool(Path(work), int(n), ["id", "messages"])
     t_read = time.perf_counter() - t1
     store_dir = Path(work) / f"speed-store-n{n}"
     shutil.rmtree(store_dir, ignore_errors=True)
@@ -383,12 +423,10 @@ def c_select(work: str, n: str, model: str) -> dict[str, Any]:
 def c_texts(work: str, n: str) -> dict[str, Any]:
     """Child: the instruction texts of the pool as one Parquet column (what semhash reads)."""
     from pipeline.embeddings import view_expr
-    from pipeline.io.readers import read_table
 
     out = Path(work) / f"texts-n{n}.parquet"
     if not out.exists():
-        df = pl.concat([read_table(f)[0].select("messages") for f in pool_files(Path(work), int(n))],
-                       how="vertical_relaxed")
+        df = read_pool(Path(work), int(n), ["messages"])
         df.select(view_expr("instruction").fill_null("").alias("text")).write_parquet(out)
     return {"path": str(out)}
 
@@ -463,6 +501,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-orig", type=int, default=1000)
     ap.add_argument("--t0", type=int, default=5000)
+    ap.add_argument("--toolformer", type=int, default=7673, help="first N rows of dedupe_only (all by default)")
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--speed-rows", type=int, default=1_000_000)
     ap.add_argument("--minilm-speed-rows", type=int, default=1000)
@@ -483,7 +522,7 @@ def main() -> None:
         out["near_dup"] = near_dup_quality(originals(args.n_orig), args.work, args.semhash_python)
         print(json.dumps(out["near_dup"], indent=1), file=sys.stderr, flush=True)
     if "toolformer" in only:
-        out["toolformer"] = toolformer(args.work)
+        out["toolformer"] = toolformer(args.work, args.toolformer)
         print(json.dumps(out["toolformer"], indent=1), file=sys.stderr, flush=True)
     if "t0" in only:
         out["t0"] = t0(args.t0, args.budget, args.work)

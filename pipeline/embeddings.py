@@ -390,9 +390,10 @@ def embed_missing(df: pl.DataFrame, store: EmbeddingStore, view: str = "instruct
                   device: str = "auto", batch_size: int = 64) -> int:
     """Embed the distinct ids of ``df`` that ``store`` lacks and add them to it; returns how many.
 
-    Reads no stored vectors (only ids), so per-shard steps stay cheap as the store grows.
+    Reads no stored vectors (only ids), so per-shard steps stay cheap as the store grows. With
+    ``model: auto`` the store's own model is used.
     """
-    model = pick_model(model, device)
+    model = store.model if model.strip().lower() in AUTO_MODELS else pick_model(model, device)
     _check_store(store, model, view)
     if df.height == 0:
         return 0
@@ -411,9 +412,11 @@ def embed_frame(df: pl.DataFrame, view: str = "instruction", model: str = "auto"
 
     Vectors are keyed by ``id`` (content hash of the messages): each distinct id is embedded once,
     and with a ``store`` only ids missing from it are embedded (then added to it). Without an
-    ``id`` column rows are keyed by their text, and a store cannot be used.
+    ``id`` column rows are keyed by their text, and a store cannot be used. With ``model: auto``
+    and a ``store``, the store's model is used.
     """
-    model = pick_model(model, device)
+    auto = model.strip().lower() in AUTO_MODELS
+    model = store.model if store is not None and auto else pick_model(model, device)
     _check_store(store, model, view)
     if df.height == 0:
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
