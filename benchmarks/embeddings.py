@@ -276,7 +276,7 @@ def toolformer(work: Path, n: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- T0: diversity and clusters
 
 
-def t0(n: int, budget: int, work: Path) -> dict[str, Any]:
+def t0(n: int, budget: int, work: Path, n_templates: int = 0) -> dict[str, Any]:
     from sklearn.metrics import adjusted_rand_score
 
     from pipeline.embeddings import kmeans, view_expr
@@ -288,7 +288,11 @@ def t0(n: int, budget: int, work: Path) -> dict[str, Any]:
     rows, _ = read_table(str(REAL / "t0_templated_50k.parquet"))
     tmpl = pl.read_parquet(REAL / "t0_templated_50k.parquet", columns=["template"])["template"]
     rows = rows.with_columns(tmpl.gather(rows["source_row"]).alias("template"))
-    rows = rows.sample(n, seed=0, shuffle=True).unique(subset="id", keep="first", maintain_order=True)
+    if n_templates:  # n rows spread over n_templates random templates: covering them takes a diverse pick
+        names = pl.Series(sorted(set(tmpl.to_list()))).sample(n_templates, seed=0)
+        rows = rows.filter(pl.col("template").is_in(names.implode())).group_by("template", maintain_order=True).head(
+            n // n_templates)
+    rows = rows.sample(min(n, rows.height), seed=0, shuffle=True).unique(subset="id", keep="first", maintain_order=True)
     rows = rows.with_columns(pl.Series("order", np.random.default_rng(0).random(rows.height)))
     texts = rows.select(view_expr("instruction").alias("t"))["t"].to_list()
     labels = rows["template"].to_numpy()
@@ -312,7 +316,7 @@ def t0(n: int, budget: int, work: Path) -> dict[str, Any]:
             sel = np.flatnonzero(out["selected"].fill_null(False).to_numpy())
             res["select"][f"{name} {m}"] = {"selected": int(len(sel)), "templates": int(len(set(labels[sel]))),
                                             "mean_cos_minilm": round(pairwise(sel), 4)}
-    k = 50
+    k = min(50, max(2, n_templates or 50))
     assign = {m: kmeans(vec[m], k, seed=0, gpu="cpu", spherical=True)[0] for m in MODELS}
     a1 = kmeans(ref, k, seed=1, gpu="cpu", spherical=True)[0]
     res["kmeans_ari"] = {"k": k, "static vs minilm": round(adjusted_rand_score(assign["minilm"], assign["minilm-static"]), 4),
@@ -501,6 +505,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-orig", type=int, default=1000)
     ap.add_argument("--t0", type=int, default=5000)
+    ap.add_argument("--t0-templates", type=int, default=0, help="spread --t0 rows over this many templates (0: all)")
     ap.add_argument("--toolformer", type=int, default=7673, help="first N rows of dedupe_only (all by default)")
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--speed-rows", type=int, default=1_000_000)
@@ -525,7 +530,7 @@ def main() -> None:
         out["toolformer"] = toolformer(args.work, args.toolformer)
         print(json.dumps(out["toolformer"], indent=1), file=sys.stderr, flush=True)
     if "t0" in only:
-        out["t0"] = t0(args.t0, args.budget, args.work)
+        out["t0"] = t0(args.t0, args.budget, args.work, args.t0_templates)
         print(json.dumps(out["t0"], indent=1), file=sys.stderr, flush=True)
     if "speed" in only:
         out["speed"] = speed(args)
