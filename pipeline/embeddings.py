@@ -8,10 +8,12 @@
   L2-normalised vectors, so inner product = cosine similarity.
 * The default model is ``auto`` (:func:`pick_model`): MiniLM when the run's device is CUDA (or
   ``auto`` and a GPU is visible), else ``minilm-static``, which embeds 1M rows in minutes on two
-  cores where MiniLM takes hours. Its near-duplicate detection matches MiniLM's; its similarities
-  are flatter, so clusters and paraphrase matches agree only in part (benchmarks/RESULTS.md, "Static
-  embeddings"). The choice is logged once per process and reported by each stage's ``models()``
-  (in the manifest); ``model: minilm`` (or any sentence-transformers directory) restores MiniLM.
+  cores where MiniLM takes hours. Its near-duplicate detection matches or beats MiniLM's; its
+  similarities are flatter, so clusters and paraphrase matches agree only in part (benchmarks/
+  RESULTS.md, "Static embeddings against MiniLM"); RDS+ and embedding decontamination therefore
+  default to ``minilm``. The choice is logged once per process and reported by each stage's
+  ``models()`` (in the manifest); ``model: minilm`` (or any sentence-transformers directory)
+  restores MiniLM.
 * :class:`EmbeddingStore` is a sidecar of Parquet parts keyed by the row ``id`` (a content hash of
   the messages, so one conversation has one vector per view whatever source it came from):
   ``<root>/embeddings/<model_id>/<view>/part-*.parquet`` with columns ``id`` and ``vector``
