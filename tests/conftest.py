@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# the static embedding model (minilm-static, the CPU default) is distilled from the shipped MiniLM
+# once per test session into this temporary model cache (~2 min); subprocesses inherit it
+if "SFT_CURATE_MODEL_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["SFT_CURATE_MODEL_CACHE"] = _cache = tempfile.mkdtemp(prefix="sft-curate-test-models-")
+    atexit.register(shutil.rmtree, _cache, True)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"

@@ -107,13 +107,18 @@ def stage_input_files(stage: Stage) -> list[Path]:
     return [Path(s) for s in dict.fromkeys(_model_paths(stage.params)) if Path(s).exists()]
 
 
-def stage_input_key(stage: Stage, cache_dir: str | Path | None = None) -> str:
+def stage_input_key(stage: Stage, cache_dir: str | Path | None = None, device: str = "auto") -> str:
     """A key of the content of everything a stage reads besides its rows: its ``LocalPath`` files and
-    the models it names (their resolved files, by content), so a replaced file changes the key."""
+    the models it names (their resolved files, by content; ``auto`` as the model it picks on
+    ``device``), so a replaced file changes the key."""
     parts = [f"{p}={file_fingerprint(p, cache_dir)}" for p in stage_input_files(stage)]
     for ref in stage_model_refs(stage):
         try:
+            from pipeline.embeddings import AUTO_MODELS, pick_model
             from pipeline.models import resolve_model
+
+            if ref.strip().lower() in AUTO_MODELS:
+                ref = pick_model(ref, device)
 
             path = resolve_model(ref).path
         except Exception:  # noqa: BLE001 - an unresolvable model fails the stage's own setup, named there

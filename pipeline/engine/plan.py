@@ -100,7 +100,7 @@ def build_plan(stages: list[Stage] | list[tuple[str, dict[str, Any]]], ctx: RunC
         if stateful and ctx.state_in is not None and (ctx.state_in / st.name).exists():
             state_fp = file_fingerprint(ctx.state_in / st.name, fp_cache)
         # the content of every file the stage reads (benchmarks, models), not just their paths
-        inputs = stage_input_key(st, fp_cache)
+        inputs = stage_input_key(st, fp_cache, ctx.device)
         key = hkey("stage", STORE_VERSION, package_version(), st.fingerprint(), ctx.seed, ctx.device, state_fp, inputs)
         specs.append(StageSpec(i, st.name, st.params.model_dump(mode="python"), st.fingerprint(), st.scope,
                                stateful, st.is_selector, key))

@@ -128,7 +128,7 @@ def canonical_order(df: pl.DataFrame, idx: np.ndarray) -> np.ndarray:
 class VectorSelectParams(SelectParams):
     """Params of selectors that read sentence embeddings (see :mod:`pipeline.embeddings`)."""
 
-    model: str = Field("minilm", description="embedding model: alias, pkg:NAME/path or local directory")
+    model: str = Field("auto", description="embedding model: auto (MiniLM on a GPU, minilm-static on CPU), an alias, pkg:NAME/path, or a local sentence-transformers/model2vec directory")
     view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the run's device")
@@ -157,6 +157,12 @@ class VectorSelector(Selector):
         ensure_embedded(df, self.ctx, p.model, p.view, np.flatnonzero(candidate_mask(df)), p.device,  # type: ignore[attr-defined]
                         p.batch_size)  # type: ignore[attr-defined]
         return df
+
+    def models(self) -> dict[str, Any]:
+        from pipeline.embeddings import describe_model
+
+        p = self.params
+        return {"embedding": describe_model(p.model, p.device or self.ctx.device)}  # type: ignore[attr-defined]
 
     def vectors(self, df: pl.DataFrame, rows: np.ndarray) -> np.ndarray:
         """Unit vectors (float32) of ``rows`` of ``df``."""

@@ -19,7 +19,7 @@ applied when its probability reaches ``min_confidence`` (``ds2_confidence`` reco
 Departures from the paper's code: DS2 estimates ``T`` with HOC (matching first-, second- and
 third-order consensus statistics of 2-NN tuples) and flags corrupted rows with SimiFeat ranking
 before suggesting a k-NN label; the EM above uses the same k-NN consensus signal in one likelihood
-instead. Embeddings are a sentence-transformers model (MiniLM by default) rather than the paper's
+instead. Embeddings are sentence embeddings (``model: auto``: MiniLM on a GPU, its static distillation on CPU) rather than the paper's
 BGE. The paper's final step caps rows per long-tail histogram bin; here long-tail only orders rows
 within a rating. Ratings must be integers (e.g. a 0-5 judge scale); float scores can be binned into
 ``levels`` quantile bins, and then ``ds2_rating`` is the bin index. Above 10k candidates the k-NN

@@ -20,7 +20,7 @@ Departures from the paper:
   ``softmax(score)``; here cluster shares follow cluster quality and, inside a cluster, rows are taken
   best first (the issue's specification). The iterative refinement (re-weighting clusters by training
   loss between epochs) needs a training loop and is not implemented;
-* embeddings are a sentence-transformers model (MiniLM by default), not the paper's encoder;
+* embeddings are ``model: auto`` (MiniLM on a GPU, its static distillation on CPU), not the paper's encoder;
 * scores below zero are shifted so the lowest row has quality 0 (weights must be non-negative).
 
 Rows with a null score are not selected. ``k`` defaults to ``sqrt(n / 2)``; the spread is widest when

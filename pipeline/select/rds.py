@@ -12,7 +12,8 @@ Targets are any file :func:`pipeline.io.readers.read_table` reads (GSM8K test, H
 user_oriented_instructions, ...), embedded in the same view as the pool.
 
 Departures: RDS+ embeds with the *pretrained LM being fine-tuned*, using position-weighted mean
-pooling of its last hidden states; here a sentence-transformers model (MiniLM by default, any local
+pooling of its last hidden states; here sentence embeddings (MiniLM by default on any device: its static distillation ranks target
+similarity poorly, see docs/architecture.md; any local
 sentence-transformers directory configurable), so scores measure topical/format similarity rather than
 the target model's own representation. ``rds_score`` holds the aggregated similarity to the nearest
 (best-scoring) target set.
@@ -45,6 +46,10 @@ class RDSParams(VectorSelectParams):
     target_format: str = "auto"
     target_view: str | None = Field(None, description="view of the target rows to embed; default: view")
     aggregate: Literal["mean", "max"] = "mean"
+    # MiniLM on CPU too: the static model ranks by target similarity far worse (tests/select/test_rds.py:
+    # 53% GSM8K rows in the top 150 for a GSM8K target, MiniLM >= 95%); see docs/architecture.md
+    model: str = Field("minilm", description="embedding model (MiniLM by default, even on CPU: static vectors "
+                       "rank target similarity poorly); auto, an alias, pkg:NAME/path or a local directory")
 
 
 def target_scores(pool: np.ndarray, target: np.ndarray, aggregate: str = "mean") -> np.ndarray:

@@ -14,7 +14,7 @@ result is exactly the row-at-a-time walk. Each considered row gets ``repr_nn_sim
 the nearest row accepted before it (null for rows the walk never reached).
 
 Departures: Deita embeds with the scorer LLM (mean-pooled last hidden states); here a
-sentence-transformers model (MiniLM by default). Deita's batched filter also rejects a row that is
+embedding model (``model: auto``: MiniLM on a GPU, its static distillation on CPU). Deita's batched filter also rejects a row that is
 close to a *rejected* row of the same batch; this one compares only with accepted rows, as the
 unbatched algorithm does. Ties in the score are broken by row ``id`` so the walk does not depend on
 shard order.

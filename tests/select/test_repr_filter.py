@@ -53,7 +53,7 @@ def test_no_two_selected_rows_above_threshold(t0_pool: pl.DataFrame, emb_cache: 
     pool = t0_pool.with_columns(pl.col("len_response_tokens").cast(pl.Float64).alias("deita_score"))
     out = select.repr_filter(pool, budget=pool.height, threshold=threshold, cache_dir=emb_cache)
     got = picked(out)
-    x = EmbeddingStore(emb_cache, "minilm", "instruction").get(got["id"].to_list())[0]
+    x = EmbeddingStore(emb_cache, "auto", "instruction").get(got["id"].to_list())[0]
     s = x @ x.T
     np.fill_diagonal(s, -1)
     assert s.max() < threshold + 1e-5  # brute force over every selected pair
@@ -66,7 +66,7 @@ def test_no_two_selected_rows_above_threshold(t0_pool: pl.DataFrame, emb_cache: 
 
 
 def test_block_walk_equals_row_at_a_time_walk(t0_pool: pl.DataFrame, emb_cache: Path) -> None:
-    x = EmbeddingStore(emb_cache, "minilm", "instruction").get(t0_pool["id"].to_list())[0]
+    x = EmbeddingStore(emb_cache, "auto", "instruction").get(t0_pool["id"].to_list())[0]
     x = x[np.random.default_rng(0).permutation(len(x))]
     for threshold, limit in ((0.9, 120), (0.7, 60), (0.95, 10_000)):
         ref = reference_walk(x, threshold, limit)
