@@ -323,10 +323,11 @@ def selection_examples(run: Run | str | Path, pairs: int = 4, per_kind: int = 4,
                 why += f" ({r['select_reason']})"
         else:
             why = f"kept but not selected: {selector} took {n_sel:,} of {n_cand:,} kept rows"
-            if st:
+            if st and has_cl:
                 why += f"; {st['n_sel']:,} of {st['n']:,} in {where}"
-                if scores and st.get("smin") is not None:
-                    why += f", whose selected rows have {scores[0]} {_fmt(st['smin'])} to {_fmt(st['smax'])}"
+            if st and scores and st.get("smin") is not None:
+                why += (", whose selected rows have " if has_cl else "; the selected rows have ") + \
+                    f"{scores[0]} {_fmt(st['smin'])} to {_fmt(st['smax'])}"
         i, t = texts.get((r["source"], r["source_row"]), (None, None))
         rows.append({"pair": pair, "kind": kind, "outcome": "selected" if r["selected"] else "not selected",
                      "row": f"{r['source']}:{r['source_row']}", "cluster": r["_cl"], "rank": r["_rank"],

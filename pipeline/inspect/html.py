@@ -244,6 +244,7 @@ def _selection_section(run: Run) -> str:
              "(by the selector's score), then a sample of both sides. Rank 1 was picked first.</p>")
     sample = ex.select("kind", "outcome", "row", "cluster", "rank", "score", "why",
                        pl.col("instruction").str.slice(0, 140).alias("instruction"))
+    sample = sample.drop([c for c in ("cluster", "score") if sample[c].null_count() == sample.height])
     return (intro + selection_html(ex) + "<h3>Sample of selection decisions</h3>" + table_html(sample)
             + '<p class="note">Every row with its rank and reason is in the shards (<code>select_rank</code>, '
             "<code>select_reason</code>).</p>")
@@ -291,7 +292,7 @@ def render_report(run: Run | str | Path, charts: Sequence[Chart] | None = None) 
     sections.append(("scores", "Score distributions",
                      chart("scores") + chart("flags")
                      + (("<h3>Mean and median by group</h3>" + table_html(summ, max_rows=400)) if not summ.is_empty() else "")))
-    by_src = score_by_source(run)
+    by_src = score_by_source(run, drop_constant=True)
     sections.append(("per-source", "Scores per source",
                      chart("scores_by_source")
                      + ("<h3>Per source and column</h3>" + table_html(by_src, max_rows=1000) if not by_src.is_empty() else "")))

@@ -310,9 +310,11 @@ def cluster_table(run: Run | str | Path) -> pl.DataFrame:
 
 
 
-def score_by_source(run: Run | str | Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
+def score_by_source(run: Run | str | Path, columns: Sequence[str] | None = None,
+                    drop_constant: bool = False) -> pl.DataFrame:
     """Per score column and source: rows with a value, mean and quantiles over every ingested row,
     and the mean and row count over the selected rows (kept rows when no selector ran).
+    ``drop_constant`` leaves out columns with one value over the whole run.
 
     Columns: column, source, rows, mean, p05, p50, p95, selected, mean_selected.
     """
@@ -332,6 +334,10 @@ def score_by_source(run: Run | str | Path, columns: Sequence[str] | None = None)
         pl.col("v").quantile(0.05).alias("p05"), pl.col("v").quantile(0.5).alias("p50"),
         pl.col("v").quantile(0.95).alias("p95"), sel.sum().cast(pl.Int64).alias("selected"),
         pl.col("v").filter(sel).mean().alias("mean_selected"))
+    if drop_constant:  # e.g. len_turns of single-turn data: nothing to compare across sources
+        const = set(long.group_by("column").agg((pl.col("v").max() == pl.col("v").min()).alias("k"))
+                    .filter(pl.col("k"))["column"].to_list())
+        out = out.filter(~pl.col("column").is_in(list(const)))
     order = {c: i for i, c in enumerate(cols)}
     return (out.with_columns(pl.col("column").replace_strict(order, return_dtype=pl.Int64).alias("_c"))
             .sort("_c", "source").select(list(schema)))
