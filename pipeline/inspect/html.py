@@ -119,6 +119,7 @@ window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   document.body.setAttribute('data-images-loaded', imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length);
   document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-height', document.documentElement.scrollHeight);
 });
 (function () {
   var FILTER_MIN_ROWS = 6;
