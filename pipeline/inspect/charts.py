@@ -256,8 +256,12 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
                     pos.append(j + (0.18 if off == 0 else -0.18))
                     colors.append(COLORS["kept"] if g == "all" else COLORS["selected"])
         if data:
-            bp = ax.boxplot(data, positions=pos, vert=False, widths=0.3, whis=(5, 95), showfliers=False,
-                            patch_artist=True, medianprops={"color": "#222", "linewidth": 1.0})
+            kw = {"positions": pos, "widths": 0.3, "whis": (5, 95), "showfliers": False, "patch_artist": True,
+                  "medianprops": {"color": "#222", "linewidth": 1.0}}
+            try:
+                bp = ax.boxplot(data, orientation="horizontal", **kw)
+            except TypeError:  # matplotlib < 3.10 has only ``vert``
+                bp = ax.boxplot(data, vert=False, **kw)
             for patch, col in zip(bp["boxes"], colors, strict=True):
                 patch.set_facecolor(col)
                 patch.set_alpha(0.55)

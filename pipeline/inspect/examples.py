@@ -21,6 +21,12 @@ import polars as pl
 from pipeline.inspect.run import Run, _run, _stage_label, stage_of_reason
 
 
+def esc(text: str) -> str:
+    """HTML-escape a row's text for the report. ``://`` is written as character references too: a
+    row's URLs show as text, and the file's source names no address (it loads nothing from one)."""
+    return html.escape(text).replace("://", ":&#47;&#47;")
+
+
 def _clip(expr: pl.Expr, n: int) -> pl.Expr:
     return pl.when(expr.str.len_chars() > n).then(expr.str.slice(0, n) + pl.lit(" …")).otherwise(expr)
 
@@ -207,20 +213,20 @@ def examples_html(ex: pl.DataFrame) -> str:
         return '<p class="missing">No dropped rows.</p>'
     out = []
     for rule, g in ex.group_by("rule", maintain_order=True):
-        out.append(f"<h3>{html.escape(str(rule[0]))}</h3>")
+        out.append(f"<h3>{esc(str(rule[0]))}</h3>")
         for r in g.iter_rows(named=True):
-            left = (f'<div class="card drop"><div class="tag">dropped · {html.escape(r["row"])} · '
-                    f'{html.escape(r["reason"] or "")}</div>'
-                    f'<div class="lbl">instruction</div><pre>{html.escape(r["instruction"] or "")}</pre>'
-                    f'<div class="lbl">response</div><pre>{html.escape(r["response"] or "")}</pre></div>')
+            left = (f'<div class="card drop"><div class="tag">dropped · {esc(r["row"])} · '
+                    f'{esc(r["reason"] or "")}</div>'
+                    f'<div class="lbl">instruction</div><pre>{esc(r["instruction"] or "")}</pre>'
+                    f'<div class="lbl">response</div><pre>{esc(r["response"] or "")}</pre></div>')
             if r["match_kind"]:
-                right = (f'<div class="card match"><div class="tag">{html.escape(r["match_kind"])} · '
-                         f'{html.escape(r["match_ref"] or "")}</div>'
-                         f'<div class="lbl">instruction</div><pre>{html.escape(r["match_instruction"] or "")}</pre>'
-                         f'<div class="lbl">response</div><pre>{html.escape(r["match_response"] or "")}</pre></div>')
+                right = (f'<div class="card match"><div class="tag">{esc(r["match_kind"])} · '
+                         f'{esc(r["match_ref"] or "")}</div>'
+                         f'<div class="lbl">instruction</div><pre>{esc(r["match_instruction"] or "")}</pre>'
+                         f'<div class="lbl">response</div><pre>{esc(r["match_response"] or "")}</pre></div>')
             else:
-                right = (f'<div class="card match"><div class="tag">why · {html.escape(r["reason"] or "")}</div>'
-                         f'<pre>{html.escape((r["scores"] or "").replace(", ", chr(10)))}</pre></div>')
+                right = (f'<div class="card match"><div class="tag">why · {esc(r["reason"] or "")}</div>'
+                         f'<pre>{esc((r["scores"] or "").replace(", ", chr(10)))}</pre></div>')
             out.append(f'<div class="pair">{left}{right}</div>')
     return "".join(out)
 
@@ -336,10 +342,10 @@ def selection_examples(run: Run | str | Path, pairs: int = 4, per_kind: int = 4,
 
 
 def _card(cls: str, tag: str, instruction: str | None, response: str | None, note: str = "") -> str:
-    return (f'<div class="card {cls}"><div class="tag">{html.escape(tag)}</div>'
-            + (f'<div class="why">{html.escape(note)}</div>' if note else "")
-            + f'<div class="lbl">instruction</div><pre>{html.escape(instruction or "")}</pre>'
-            f'<div class="lbl">response</div><pre>{html.escape(response or "")}</pre></div>')
+    return (f'<div class="card {cls}"><div class="tag">{esc(tag)}</div>'
+            + (f'<div class="why">{esc(note)}</div>' if note else "")
+            + f'<div class="lbl">instruction</div><pre>{esc(instruction or "")}</pre>'
+            f'<div class="lbl">response</div><pre>{esc(response or "")}</pre></div>')
 
 
 def selection_html(ex: pl.DataFrame) -> str:
@@ -397,7 +403,7 @@ def reject_examples_html(ex: pl.DataFrame) -> str:
         return '<p class="note">No row was rejected at ingest.</p>'
     out = []
     for r in ex.iter_rows(named=True):
-        out.append(f'<div class="card rej"><div class="tag">rejected · {html.escape(r["source"])}:{r["source_row"]} · '
-                   f'{html.escape(r["reason"])}</div><div class="why">{r["rows_with_reason"]:,} row(s) with this '
-                   f'reason</div><pre>{html.escape(r["raw"] or "(no input kept)")}</pre></div>')
+        out.append(f'<div class="card rej"><div class="tag">rejected · {esc(r["source"])}:{r["source_row"]} · '
+                   f'{esc(r["reason"])}</div><div class="why">{r["rows_with_reason"]:,} row(s) with this '
+                   f'reason</div><pre>{esc(r["raw"] or "(no input kept)")}</pre></div>')
     return '<div class="cards">' + "".join(out) + "</div>"

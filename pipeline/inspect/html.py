@@ -33,6 +33,7 @@ from pipeline.inspect.charts import (
 )
 from pipeline.inspect.examples import (
     drop_examples,
+    esc,
     examples_html,
     reject_examples,
     reject_examples_html,
@@ -74,7 +75,7 @@ def table_html(df: pl.DataFrame, max_rows: int = 200, classes: str = "") -> str:
                 s, cls = (f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"), "num"
             else:
                 s, cls = str(v), ""
-            cells.append(f'<td class="{cls if c in numeric or cls == "null" else cls}">{html.escape(s)}</td>')
+            cells.append(f'<td class="{cls if c in numeric or cls == "null" else cls}">{esc(s)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = f'<p class="note">{df.height - max_rows:,} more rows not shown</p>' if df.height > max_rows else ""
     return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{more}'
