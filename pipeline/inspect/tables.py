@@ -204,21 +204,22 @@ def flag_columns(run: Run | str | Path) -> list[str]:
             and roles.get(c, "flag") == "flag"]
 
 
-def _flatten(value: Any, key: str = "") -> list[tuple[str, str]]:
+def _flatten(value: Any, key: str = "", skip_none: bool = False) -> list[tuple[str, str]]:
     """(dotted key, readable value) pairs of a JSON-like value: dicts by key, lists of scalars joined,
-    lists of objects by index (``benchmarks[0].path``)."""
+    lists of objects by index (``benchmarks[0].path``); ``skip_none`` leaves out unset (None) entries."""
     if isinstance(value, dict):
         if not value:
             return [(key, "{}")] if key else []
         out: list[tuple[str, str]] = []
         for k, v in value.items():
-            out += _flatten(v, f"{key}.{k}" if key else str(k))
+            if not (skip_none and v is None):
+                out += _flatten(v, f"{key}.{k}" if key else str(k), skip_none)
         return out
     if isinstance(value, list | tuple):
         if any(isinstance(v, dict | list | tuple) for v in value):
             out = []
             for i, v in enumerate(value):
-                out += _flatten(v, f"{key}[{i}]")
+                out += _flatten(v, f"{key}[{i}]", skip_none)
             return out
         return [(key, ", ".join(_scalar(v) for v in value) if value else "[]")]
     return [(key, _scalar(value))]
@@ -238,13 +239,12 @@ def params_table(run: Run | str | Path, include_defaults: bool = False) -> pl.Da
     """Every stage's parameters, one row per (stage, parameter), nested values flattened to dotted keys.
 
     ``include_defaults=False`` leaves out parameters that are unset (``None``: the stage or the run
-    picks). Columns: step (1-based stage position), stage, parameter, value.
+    picks), nested ones included. Columns: step (1-based stage position), stage, parameter, value.
     """
     run = _run(run)
     rows = []
     for i, s in enumerate(run.manifest.get("stages", []), start=1):
-        params = {k: v for k, v in (s.get("params") or {}).items() if include_defaults or v is not None}
-        for k, v in _flatten(params):
+        for k, v in _flatten(s.get("params") or {}, skip_none=not include_defaults):
             rows.append({"step": i, "stage": s["name"], "parameter": k, "value": v})
     return pl.DataFrame(rows, schema={"step": pl.Int64, "stage": pl.String, "parameter": pl.String,
                                       "value": pl.String})
@@ -256,7 +256,7 @@ def settings_table(run: Run | str | Path) -> pl.DataFrame:
     run = _run(run)
     m = run.manifest
     rows = [{"section": "run", "setting": k, "value": v}
-            for k, v in _flatten({k: v for k, v in ((m.get("config") or {}).get("run") or {}).items() if v is not None})]
+            for k, v in _flatten((m.get("config") or {}).get("run") or {}, skip_none=True)]
     layout = {k: v for k, v in (m.get("layout") or {}).items() if k != "shard_columns"}
     rows += [{"section": "layout", "setting": k, "value": v} for k, v in _flatten(layout)]
     return pl.DataFrame(rows, schema={"section": pl.String, "setting": pl.String, "value": pl.String})

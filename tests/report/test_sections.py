@@ -29,9 +29,10 @@ def test_params_table_is_every_param_flattened(full_run: Path) -> None:
                 got = mine.filter(pl.col("parameter") == k)["value"].to_list()
                 assert got == [str(v).lower() if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else str(v))], k
     if "decontaminate" in run.stage_names:
-        # a list of paths becomes one readable value, not JSON
-        b = pt.filter(pl.col("stage") == "decontaminate", pl.col("parameter") == "benchmarks")["value"]
-        assert b.len() == 1 and b[0].endswith("gsm8k_test.jsonl.gz") and "[" not in b[0]
+        # a list of benchmark objects becomes one row per field, not JSON
+        b = pt.filter(pl.col("stage") == "decontaminate", pl.col("parameter").str.starts_with("benchmarks"))
+        assert dict(b.select("parameter", "value").iter_rows())["benchmarks[0].path"].endswith("gsm8k_test.jsonl.gz")
+        assert "benchmarks[0].name" not in b["parameter"].to_list()  # unset: left out
     assert not pt["value"].str.starts_with("{").any()
     full = R.params_table(run, include_defaults=True)
     assert full.height >= pt.height and "–" in full["value"].to_list()
@@ -53,7 +54,11 @@ def test_score_by_source_matches_direct_computation(full_run: Path) -> None:
         assert r["selected"] == sel.height
         if sel.height:
             assert r["mean_selected"] == pytest.approx(sel["len_response_tokens"].mean())
-    assert "len_turns" not in R.score_by_source(run, drop_constant=True)["column"].to_list()
+    cols = R.score_columns(run, include_lengths=True)
+    const = {c for c in cols if df[c].drop_nulls().n_unique() <= 1}
+    assert const, "a constant column (e.g. no tool turns) to leave out"
+    assert set(R.score_by_source(run, drop_constant=True)["column"]) == set(cols) - const - {
+        c for c in cols if df[c].null_count() == df.height}
     ch = R.plot_scores_by_source(run)
     assert ch.png is not None and ch.png.startswith(b"\x89PNG")
     assert R.plot_scores_by_source(R.load_run(full_run), columns=[]).missing
