@@ -222,13 +222,22 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
 
     Whiskers at the 5th and 95th percentiles, outliers not drawn; long-tailed columns on a
     log(1+x) axis. The ``max_sources`` largest sources and the first ``max_columns`` columns with a
-    distribution are drawn.
+    distribution are drawn: the selector's score columns first, then other scores, then lengths.
     """
     run = _run(run)
     title = "Score distributions per source"
     if run.shards is None:
         return _missing("scores_by_source", title, "the run has no shards")
-    cols = list(columns) if columns is not None else score_columns(run, include_lengths=True)
+    if columns is None:
+        # what the selector ranks by first, then the other scores, then lengths
+        from pipeline.inspect.examples import selector_score_columns
+
+        found = score_columns(run, include_lengths=True)
+        first = [c for c in selector_score_columns(run) if c in found]
+        cols = [*first, *[c for c in found if c not in first and not c.startswith("len_")],
+                *[c for c in found if c not in first and c.startswith("len_")]]
+    else:
+        cols = list(columns)
     if not cols:
         return _missing("scores_by_source", title, "no score columns in this run")
     df = run.frame(["source", *cols])

@@ -264,8 +264,9 @@ def selection_examples(run: Run | str | Path, pairs: int = 4, per_kind: int = 4,
     group when the run has no clusters), the last row selected (highest ``select_rank``) beside the
     best row left out (highest selector score, else a random one): ``pair`` numbers them. Then
     ``per_kind`` rows of each of: the top-ranked selected, random selected, random not selected
-    (``pair`` null). ``cluster`` is the ``cluster`` column, else the cluster the selector names in
-    ``select_reason`` (kMQ). Empty when no selector ran.
+    (``pair`` null), each row once. ``cluster`` is the selector's ``cluster_column`` or the run's
+    ``cluster`` column, else the cluster the selector names in ``select_reason`` (kMQ's own k-means).
+    Empty when no selector ran.
 
     Columns: pair, kind, outcome, row, cluster, rank, score (the selector's score columns as
     ``name=value``), why, instruction, response.
@@ -274,8 +275,13 @@ def selection_examples(run: Run | str | Path, pairs: int = 4, per_kind: int = 4,
     if run.shards is None or not run.has_selector or not run.has("keep", "selected"):
         return pl.DataFrame(schema=_SELECTION_SCHEMA)
     scores = selector_score_columns(run)
-    cols = ["source", "source_row", "selected", *[c for c in ("select_rank", "select_reason", "cluster") if run.has(c)],
-            *scores]
+    # the clusters the selector used: its ``cluster_column`` param, else the run's ``cluster`` column
+    stages = run.manifest.get("stages", [])
+    named = [(stages[i].get("params") or {}).get("cluster_column") for i in sorted(run.selector_indices)]
+    cluster = next((c for c in [*named, "cluster"] if isinstance(c, str) and run.has(c)), None)
+    scores = [c for c in scores if c != cluster]
+    cols = ["source", "source_row", "selected", *[c for c in ("select_rank", "select_reason") if run.has(c)],
+            *([cluster] if cluster else []), *scores]
     df = run.shards.filter(pl.col("keep")).select(list(dict.fromkeys(cols))).collect()
     if df.is_empty():
         return pl.DataFrame(schema=_SELECTION_SCHEMA)
@@ -283,7 +289,7 @@ def selection_examples(run: Run | str | Path, pairs: int = 4, per_kind: int = 4,
           if "select_reason" in df.columns else pl.lit(None, pl.Int64))
     df = df.with_columns(
         pl.col("selected").fill_null(False),
-        (pl.col("cluster").cast(pl.Int64, strict=False) if "cluster" in df.columns else rc).alias("_cl"),
+        (pl.col(cluster).cast(pl.Int64, strict=False) if cluster else rc).alias("_cl"),
         (pl.col("select_rank") if "select_rank" in df.columns else pl.lit(None, pl.Int64)).alias("_rank"),
         (pl.col(scores[0]).cast(pl.Float64) if scores else pl.lit(None, pl.Float64)).alias("_score"),
         pl.int_range(pl.len()).shuffle(seed).alias("_rnd"),
@@ -307,10 +313,15 @@ def selection_examples(run: Run | str | Path, pairs: int = 4, per_kind: int = 4,
         picks.append((k, f"last selected in {where}", last.row(0, named=True)))
         picks.append((k, f"best left out in {where}" if scores else f"left out in {where}", out_.row(0, named=True)))
     sel, rest = df.filter(pl.col("selected")), df.filter(~pl.col("selected"))
+    seen = {(r["source"], r["source_row"]) for _, _, r in picks}
     for kind, frame in (("top ranked", sel.sort(["_rank", "_rnd"], nulls_last=True)),
                         ("random selected", sel.sort("_rnd")), ("random not selected", rest.sort("_rnd"))):
-        for r in frame.head(per_kind).iter_rows(named=True):
-            picks.append((None, kind, r))
+        n = 0
+        for r in frame.head(per_kind + len(seen)).iter_rows(named=True):
+            if n < per_kind and (r["source"], r["source_row"]) not in seen:
+                seen.add((r["source"], r["source_row"]))
+                picks.append((None, kind, r))
+                n += 1
     if not picks:
         return pl.DataFrame(schema=_SELECTION_SCHEMA)
     keys = pl.DataFrame([(r["source"], r["source_row"]) for _, _, r in picks],
