@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline.inspect.examples import selector_score_columns
 from pipeline.inspect.run import COLORS, GROUP_LABELS, GROUPS, LENGTH_PLOTS, Run, _run
 from pipeline.inspect.tables import accounting, cluster_table, flag_columns, score_columns
 
@@ -230,8 +231,6 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
         return _missing("scores_by_source", title, "the run has no shards")
     if columns is None:
         # what the selector ranks by first, then the other scores, then lengths
-        from pipeline.inspect.examples import selector_score_columns
-
         found = score_columns(run, include_lengths=True)
         first = [c for c in selector_score_columns(run) if c in found]
         cols = [*first, *[c for c in found if c not in first and not c.startswith("len_")],
