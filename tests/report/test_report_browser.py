@@ -113,7 +113,8 @@ def test_report_screenshot_shows_the_new_sections(report: Path, tmp_path: Path) 
     rejected-row cards are drawn below the first screens."""
     from PIL import Image
 
-    dom = chromium(["--virtual-time-budget=10000", "--dump-dom", report.as_uri()], tmp_path / "profile").stdout
+    dom = chromium(["--window-size=1280,1000", "--virtual-time-budget=10000", "--dump-dom", report.as_uri()],
+                   tmp_path / "profile").stdout
     height = int(re.search(r'data-height="(\d+)"', dom).group(1))
     assert height > 7000
     shot = tmp_path / "report-full.png"
