@@ -218,7 +218,7 @@ def _drawable(df: pl.DataFrame, cols: Sequence[str]) -> tuple[list[str], set[str
 
 
 def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None = None, ncols: int = 3,
-                          max_sources: int = 12, max_columns: int = 9) -> Chart:
+                          max_sources: int = 12, max_columns: int = 6) -> Chart:
     """Box plots of every score column per source: all ingested rows and the selected ones side by side.
 
     Whiskers at the 5th and 95th percentiles, outliers not drawn; long-tailed columns on a
@@ -247,29 +247,25 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
     chosen = "selected" if run.has_selector else "kept"
     sizes = df.group_by("source").len().sort(["len", "source"], descending=[True, False])
     sources = sizes["source"].head(max_sources).to_list()
+    stats, logx = _box_stats(df.filter(pl.col("source").is_in(sources)), shown, chosen)
     nrows = -(-len(shown) // ncols)
     nc = min(ncols, len(shown))
     fig, axes = _figure(nrows, nc, width=3.3 * nc + 1.2, height=(0.32 * len(sources) + 1.0) * nrows + 0.5)
+    where = {s: j for j, s in enumerate(sources)}
     for k, (ax, c) in enumerate(zip(axes.flat, shown, strict=False)):
-        allv = df[c].cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
-        logx = allv.size > 0 and _log_scale(allv)
-        tr = (lambda v: np.log10(1 + v)) if logx else (lambda v: v)
-        data, pos, colors = [], [], []
-        for j, s in enumerate(sources):
-            sub = df.filter(pl.col("source") == s)
-            for off, (g, filt) in enumerate((("all", sub), (chosen, sub.filter(pl.col("group") == chosen)))):
-                v = filt[c].cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
-                if v.size:
-                    data.append(tr(v))
-                    pos.append(j + (0.18 if off == 0 else -0.18))
-                    colors.append(COLORS["kept"] if g == "all" else COLORS["selected"])
-        if data:
-            kw = {"positions": pos, "widths": 0.3, "whis": (5, 95), "showfliers": False, "patch_artist": True,
+        boxes, pos, colors = [], [], []
+        for r in stats.filter(pl.col("column") == c).iter_rows(named=True):
+            boxes.append({"med": r["q50"], "q1": r["q25"], "q3": r["q75"], "whislo": r["q05"], "whishi": r["q95"],
+                          "fliers": []})
+            pos.append(where[r["source"]] + (0.18 if r["side"] == "all" else -0.18))
+            colors.append(COLORS["kept"] if r["side"] == "all" else COLORS["selected"])
+        if boxes:
+            kw = {"positions": pos, "widths": 0.3, "showfliers": False, "patch_artist": True,
                   "medianprops": {"color": "#222", "linewidth": 1.0}}
             try:
-                bp = ax.boxplot(data, orientation="horizontal", **kw)
+                bp = ax.bxp(boxes, orientation="horizontal", **kw)
             except TypeError:  # matplotlib < 3.10 has only ``vert``
-                bp = ax.boxplot(data, vert=False, **kw)
+                bp = ax.bxp(boxes, vert=False, **kw)
             for patch, col in zip(bp["boxes"], colors, strict=True):
                 patch.set_facecolor(col)
                 patch.set_alpha(0.55)
@@ -280,8 +276,8 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
         ax.set_title(c, fontsize=9)
         ax.grid(axis="y", visible=False)
         ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
-        if logx:
-            _log_ticks(ax, float(allv.max()))
+        if logx.get(c) is not None:
+            _log_ticks(ax, logx[c])
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
     from matplotlib.patches import Patch
@@ -292,6 +288,32 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
     more = f"; {len(cols) - len(shown)} more column(s) in the table below" if len(cols) > len(shown) else ""
     return Chart("scores_by_source", title, fig,
                  caption=f"boxes: quartiles, line: median, whiskers: 5th-95th percentile{more}")
+
+
+def _box_stats(df: pl.DataFrame, cols: Sequence[str], chosen: str) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Per (column, source, side): the 5/25/50/75/95th percentiles, side ``all`` (every row of the
+    source) or ``chosen`` (its rows in that group), in one Polars pass.
+
+    Long-tailed columns (:func:`_log_scale`) come back on the log(1+x) axis: their order statistics
+    (``nearest`` percentiles) are transformed, which is exact for a monotone transform. Returns the
+    stats and, per log-scaled column, its maximum (for the axis ticks).
+    """
+    long = (df.unpivot(index=["source", "group"], on=list(cols), variable_name="column", value_name="v")
+            .with_columns(pl.col("v").cast(pl.Float64)).filter(pl.col("v").is_not_null() & pl.col("v").is_not_nan()))
+    shape = long.group_by("column").agg(pl.col("v").min().alias("lo"), pl.col("v").max().alias("hi"),
+                                        pl.col("v").median().alias("med"))
+    logx = {r["column"]: r["hi"] for r in shape.iter_rows(named=True)
+            if r["lo"] >= 0 and r["hi"] >= 50 and r["hi"] / max(r["med"], 1.0) > 15}
+    sides = pl.concat([long.with_columns(pl.lit("all").alias("side")),
+                       long.filter(pl.col("group") == chosen).with_columns(pl.lit(chosen).alias("side"))])
+    qs = {"q05": 0.05, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q95": 0.95}
+    stats = sides.group_by("column", "source", "side").agg(
+        [pl.col("v").quantile(q, interpolation="nearest").alias(k) for k, q in qs.items()])
+    log_cols = list(logx)
+    stats = stats.with_columns([
+        pl.when(pl.col("column").is_in(log_cols)).then((1 + pl.col(k)).log10()).otherwise(pl.col(k)).alias(k)
+        for k in qs])
+    return stats, logx
 
 
 def plot_lengths(run: Run | str | Path) -> Chart:
