@@ -224,6 +224,7 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
     Whiskers at the 5th and 95th percentiles, outliers not drawn; long-tailed columns on a
     log(1+x) axis. The ``max_sources`` largest sources and the first ``max_columns`` columns with a
     distribution are drawn: the selector's score columns first, then other scores, then lengths.
+    A run with one source has nothing to compare across sources (``missing`` says so).
     """
     run = _run(run)
     title = "Score distributions per source"
@@ -246,6 +247,9 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
         return _missing("scores_by_source", title, "every score column is empty or constant")
     chosen = "selected" if run.has_selector else "kept"
     sizes = df.group_by("source").len().sort(["len", "source"], descending=[True, False])
+    if sizes.height < 2:
+        return _missing("scores_by_source", title, f"one source only ({', '.join(map(str, sizes['source']))}): "
+                        "its distributions are the score distributions above")
     sources = sizes["source"].head(max_sources).to_list()
     stats, logx = _box_stats(df.filter(pl.col("source").is_in(sources)), shown, chosen)
     nrows = -(-len(shown) // ncols)

@@ -64,6 +64,13 @@ def test_score_by_source_matches_direct_computation(full_run: Path) -> None:
     assert R.plot_scores_by_source(R.load_run(full_run), columns=[]).missing
 
 
+def test_scores_by_source_with_one_source(bare_run: Path) -> None:
+    ch = R.plot_scores_by_source(bare_run)
+    assert ch.png is None and "one source only (gsm8k_train)" in ch.missing
+    t = R.score_by_source(bare_run)
+    assert set(t["source"]) == {"gsm8k_train"} and "len_response_tokens" in t["column"].to_list()
+
+
 def test_selection_examples_are_true_to_the_shards(full_run: Path) -> None:
     run = R.load_run(full_run)
     ex = R.selection_examples(run, pairs=3, per_kind=3)
