@@ -256,24 +256,23 @@ def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None =
     nc = min(ncols, len(shown))
     fig, axes = _figure(nrows, nc, width=3.3 * nc + 1.2, height=(0.32 * len(sources) + 1.0) * nrows + 0.5)
     where = {s: j for j, s in enumerate(sources)}
+    stats = stats.with_columns(
+        (pl.col("source").replace_strict(where, return_dtype=pl.Float64)
+         + pl.when(pl.col("side") == "all").then(0.18).otherwise(-0.18)).alias("y"))
     for k, (ax, c) in enumerate(zip(axes.flat, shown, strict=False)):
-        boxes, pos, colors = [], [], []
-        for r in stats.filter(pl.col("column") == c).iter_rows(named=True):
-            boxes.append({"med": r["q50"], "q1": r["q25"], "q3": r["q75"], "whislo": r["q05"], "whishi": r["q95"],
-                          "fliers": []})
-            pos.append(where[r["source"]] + (0.18 if r["side"] == "all" else -0.18))
-            colors.append(COLORS["kept"] if r["side"] == "all" else COLORS["selected"])
-        if boxes:
-            kw = {"positions": pos, "widths": 0.3, "showfliers": False, "patch_artist": True,
-                  "medianprops": {"color": "#222", "linewidth": 1.0}}
-            try:
-                bp = ax.bxp(boxes, orientation="horizontal", **kw)
-            except TypeError:  # matplotlib < 3.10 has only ``vert``
-                bp = ax.bxp(boxes, vert=False, **kw)
-            for patch, col in zip(bp["boxes"], colors, strict=True):
-                patch.set_facecolor(col)
-                patch.set_alpha(0.55)
-                patch.set_edgecolor(col)
+        # drawn as one bar, one whisker and two tick collections per panel (not an artist per box)
+        b = stats.filter(pl.col("column") == c)
+        if b.height:
+            y = b["y"].to_numpy()
+            q = {k_: b[k_].to_numpy() for k_ in ("q05", "q25", "q50", "q75", "q95")}
+            colors = [COLORS["kept"] if sd == "all" else COLORS["selected"] for sd in b["side"].to_list()]
+            ax.hlines(y, q["q05"], q["q95"], color="#333333", linewidth=0.8, zorder=1)
+            ax.vlines(np.concatenate([q["q05"], q["q95"]]), np.tile(y - 0.07, 2), np.tile(y + 0.07, 2),
+                      color="#333333", linewidth=0.8, zorder=1)
+            ax.barh(y, q["q75"] - q["q25"], left=q["q25"], height=0.3, color=colors, alpha=0.55, edgecolor=colors,
+                    zorder=2)
+            ax.vlines(q["q50"], y - 0.15, y + 0.15, color="#222222", linewidth=1.0, zorder=3)
+            ax.margins(x=0.03)
         ax.set_yticks(range(len(sources)), sources if k % nc == 0 else [""] * len(sources), fontsize=7)
         ax.set_ylim(-0.6, len(sources) - 0.4)
         ax.invert_yaxis()
