@@ -218,7 +218,7 @@ def _drawable(df: pl.DataFrame, cols: Sequence[str]) -> tuple[list[str], set[str
 
 
 def plot_scores_by_source(run: Run | str | Path, columns: Sequence[str] | None = None, ncols: int = 3,
-                          max_sources: int = 12, max_columns: int = 6) -> Chart:
+                          max_sources: int = 12, max_columns: int = 3) -> Chart:
     """Box plots of every score column per source: all ingested rows and the selected ones side by side.
 
     Whiskers at the 5th and 95th percentiles, outliers not drawn; long-tailed columns on a
