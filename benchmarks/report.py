@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import report as R
+from pipeline import inspect as R
 from pipeline.config import load_config
 from pipeline.engine import run
 

@@ -439,7 +439,7 @@ def child_run(cfg_path: str, run_id: str, report: bool) -> dict[str, Any]:
     rss_flow = vm_kb("VmHWM") / 1024
     report_s = None
     if report:
-        from pipeline.report import write_report
+        from pipeline.inspect import write_report
 
         t1 = time.perf_counter()
         write_report(res["run_dir"])

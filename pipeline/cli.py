@@ -133,7 +133,7 @@ def cmd_formats(_args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.report import write_report
+    from pipeline.inspect import write_report
 
     path = write_report(Path(args.run_dir))
     print(path)

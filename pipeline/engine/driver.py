@@ -339,7 +339,7 @@ def finish_run(run_dir: Path, cfg: Config, log: Callable[[str], None] | None = N
     out: dict[str, Any] = {"errors": []}
     if cfg.run.report:
         try:
-            from pipeline.report import write_report
+            from pipeline.inspect import write_report
 
             out["report"] = str(write_report(run_dir))
             log(f"  report: {out['report']}")

@@ -13,7 +13,7 @@ import polars as pl
 from flows.curate import run_flow
 from pipeline.config import load_config
 from pipeline.engine import run
-from pipeline.report import load_run
+from pipeline.inspect import load_run
 
 VOLATILE = {"run_id", "engine", "created", "finished", "timings", "prefect", "cache", "workers", "finish"}
 STAGE_VOLATILE = {"seconds", "io_seconds", "cache_hits"}

@@ -3,8 +3,9 @@
 ``full_run`` uses every curation stage this checkout has, in the METHODS.md order (length,
 heuristics, exact and MinHash dedup, decontamination against GSM8K test, embeddings, SemDeDup,
 k-means clusters, kMQ selection; Long-is-More where kMQ is absent), over a small real sample: Code Alpaca,
-GSM8K train, ShareGPT, plus a few GSM8K *test* rows (so decontamination has something to find)
-and repeated Code Alpaca rows (so exact dedup does). ``rerun`` is the same config with a stricter
+GSM8K train, ShareGPT, plus a few GSM8K *test* rows (so decontamination has something to find),
+repeated Code Alpaca rows (so exact dedup does) and a hand-edited JSONL file with malformed lines
+(so ingest rejects some). ``rerun`` is the same config with a stricter
 ``length.min_response_tokens``: the real rerun the what-if replay must match. ``bare_run`` has
 only the length stage and no selector: the report must say what is missing.
 """
@@ -52,9 +53,18 @@ def _write_sources(real: Path, out: Path) -> list[dict[str, Any]]:
     pl.read_ndjson(real / "gsm8k_train.jsonl.gz").head(100).write_ndjson(out / "gsm8k_train.jsonl")
     pl.read_ndjson(real / "gsm8k_test.jsonl.gz").head(10).write_ndjson(out / "gsm8k_test_leaked.jsonl")
     pl.read_parquet(real / "sharegpt_17k.parquet").head(40).write_parquet(out / "sharegpt.parquet")
+    # real rows next to malformed ones, as a user's hand-edited export has them: the report shows
+    # the rejected rows, each with its reason and the input as it came
+    good = alpaca[300:302]
+    lines = [json.dumps(r) for r in good] + [
+        json.dumps({"instruction": "Translate 'good morning' into German."}),  # no response
+        '{"instruction": "Summarise the plot of Hamlet", "output": ',  # truncated line
+        json.dumps({"instruction": 42, "output": ["not", "a", "string"]}),  # wrong types
+    ]
+    (out / "hand_edited.jsonl").write_text("\n".join(lines) + "\n")
     return [{"path": str(out / n), "name": n.split(".")[0]} for n in
             ("code_alpaca.json", "code_alpaca_again.json", "code_alpaca_variant.json", "gsm8k_train.jsonl", "gsm8k_test_leaked.jsonl",
-             "sharegpt.parquet")]
+             "sharegpt.parquet", "hand_edited.jsonl")]
 
 
 def full_stages(real: Path, min_response_tokens: int) -> list[dict[str, Any]]:

@@ -66,7 +66,7 @@ def html_of(nb: Any, startswith: str) -> str:
 
 
 def table_row(html: str, label: str) -> list[int]:
-    """The numbers of the row labelled ``label`` in an HTML table of :func:`pipeline.report.table_html`."""
+    """The numbers of the row labelled ``label`` in an HTML table of :func:`pipeline.inspect.table_html`."""
     m = re.search(rf"<tr><td[^>]*>(?:&quot;)?{re.escape(label)}(?:&quot;)?</td>((?:<td[^>]*>[^<]*</td>)+)</tr>", html)
     assert m, f"no row {label!r}"
     return [int(v.replace(",", "")) for v in re.findall(r"<td[^>]*>([-\d,]+)</td>", m.group(1))]
@@ -101,7 +101,7 @@ def test_inspect_run_notebook(full_run: Path, rerun: Path, what_if_case: tuple[s
 
 def test_compare_runs_notebook(full_run: Path, rerun: Path, kernel: str, tmp_path: Path) -> None:
     nb = execute("compare_runs.ipynb", {"run_a": str(full_run), "run_b": str(rerun)}, kernel, tmp_path)
-    from pipeline import report as R
+    from pipeline import inspect as R
 
     cmp = R.compare_runs(full_run, rerun)
     counts = html_of(nb, "cmp.counts")

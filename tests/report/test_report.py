@@ -1,4 +1,4 @@
-"""pipeline.report on real runs: accounting, tables, charts, examples, what-if vs a real rerun, comparisons."""
+"""pipeline.inspect on real runs: accounting, tables, charts, examples, what-if vs a real rerun, comparisons."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import report as R
+from pipeline import inspect as R
 from pipeline.cli import main as cli_main
 
 PNG = b"\x89PNG\r\n\x1a\n"
