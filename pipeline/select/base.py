@@ -24,15 +24,15 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import RunContext, Stage, StageParams, to_polars
+from pipeline.stages.base import RunContext, Stage, StageParams
 
 SELECT_COLUMNS = {"selected": pl.Boolean, "select_reason": pl.String, "select_rank": pl.Int64}
 
 
 class SelectParams(StageParams):
     budget: int = Field(..., ge=0, description="rows, or tokens with budget_unit=tokens")
-    budget_unit: Literal["rows", "tokens"] = "rows"
-    token_column: str = "len_response_tokens"
+    budget_unit: Literal["rows", "tokens"] = Field("rows", description="rows: budget counts rows; tokens: budget counts token_column")
+    token_column: str = Field("len_response_tokens", description="token count column used with budget_unit=tokens")
 
 
 def candidate_mask(df: pl.DataFrame) -> np.ndarray:
@@ -123,8 +123,8 @@ class VectorSelectParams(SelectParams):
     """Params of selectors that read sentence embeddings (see :mod:`pipeline.embeddings`)."""
 
     model: str = Field("minilm", description="embedding model: alias, pkg:NAME/path or local directory")
-    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
-    batch_size: int = Field(64, ge=1)
+    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = Field("instruction", description="text embedded: instruction, response, conversation, both, first_instruction or last_response")
+    batch_size: int = Field(64, ge=1, description="rows per embedding batch")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the run's device")
     seed: int | None = Field(None, description="default: the run's seed")
 
@@ -166,6 +166,6 @@ def run_in_memory(stage: Stage, table: Any, ctx: RunContext | None = None, cache
     if ctx is None:
         ctx = RunContext(cache_dir=Path(cache_dir) if cache_dir is not None else None,
                          seed=seed if seed is not None else 0)
-    return stage(to_polars(table), ctx)
+    return stage(table, ctx)
 
 

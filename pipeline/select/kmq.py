@@ -32,7 +32,6 @@ instead of running k-means again.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,18 +45,17 @@ from pipeline.select.base import (
     candidate_mask,
     canonical_order,
     mark_selected,
-    run_in_memory,
     take_budget,
 )
-from pipeline.stages.base import RunContext
+from pipeline.stages.functions import stage_function
 
 
 class KMQParams(VectorSelectParams):
     score: str | None = Field(None, description="quality column; None = uniform quality (k-means random)")
     k: int | None = Field(None, ge=1, description="clusters; default sqrt(candidates / 2)")
     cluster_column: str | None = Field(None, description="use these clusters instead of running k-means")
-    niter: int = Field(20, ge=1)
-    spherical: bool = False
+    niter: int = Field(20, ge=1, description="k-means iterations")
+    spherical: bool = Field(False, description="re-normalise centroids each iteration (cosine k-means)")
 
 
 def quota_order(labels: np.ndarray, quality: np.ndarray, weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -145,10 +143,6 @@ class KMQ(VectorSelector):
         return dict(getattr(self, "_summary", {}))
 
 
-def kmq(table: Any, budget: int, score: str | None = None, k: int | None = None, *, ctx: RunContext | None = None,
-        cache_dir: str | Path | None = None, **params: Any) -> pl.DataFrame:
-    """kMQ: ``budget`` rows spread over ``k`` k-means clusters by cluster quality (mean ``score``),
-    best ``score`` first inside a cluster. ``cache_dir`` keeps the embeddings for later calls."""
-    return run_in_memory(KMQ(budget=budget, score=score, k=k, **params), table, ctx, cache_dir)
+kmq = stage_function(KMQ, ("budget", "score", "k"))
 
 

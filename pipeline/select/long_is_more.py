@@ -9,18 +9,19 @@ deterministic.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field
 
 from pipeline.select.base import Selector, SelectParams
-from pipeline.stages.base import to_polars
+from pipeline.stages.functions import stage_function
 from pipeline.stages.length_filter import Length
 
 
 class LongIsMoreParams(SelectParams):
-    by: Literal["len_response_tokens", "len_response_chars"] = "len_response_tokens"
+    by: Literal["len_response_tokens", "len_response_chars"] = Field("len_response_tokens", description="length column to rank by, longest first (written by the length stage)")
 
 
 class LongIsMore(Selector):
@@ -42,6 +43,4 @@ class LongIsMore(Selector):
         return idx[np.argsort(-length, kind="stable")]
 
 
-def long_is_more(table: Any, budget: int, **params: Any) -> pl.DataFrame:
-    """Select the ``budget`` rows with the longest responses (Long-is-More)."""
-    return LongIsMore(budget=budget, **params)(to_polars(table))
+long_is_more = stage_function(LongIsMore, ("budget",))

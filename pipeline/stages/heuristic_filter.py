@@ -17,25 +17,24 @@ per row, word-character counts for the echo check):
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import polars as pl
 from pydantic import Field
 
 from pipeline.dedup import normalized_equal, shingles_from_words
-from pipeline.stages.base import Stage, StageParams, drop_where, to_polars
+from pipeline.stages.base import Stage, StageParams, drop_where
+from pipeline.stages.functions import stage_function
 from pipeline.text import text_expr
 
 
 class HeuristicsParams(StageParams):
-    drop_empty_response: bool = True
-    drop_response_eq_instruction: bool = True
-    rep_ngram_n: int = Field(3, ge=1, le=10)
-    max_rep_ngram_ratio: float | None = Field(0.5, ge=0, le=1)
+    drop_empty_response: bool = Field(True, description="drop rows whose assistant turns are empty or whitespace only")
+    drop_response_eq_instruction: bool = Field(True, description="drop rows whose response repeats the instruction (after normalisation)")
+    rep_ngram_n: int = Field(3, ge=1, le=10, description="word n-gram size of the repetition ratio")
+    max_rep_ngram_ratio: float | None = Field(0.5, ge=0, le=1, description="drop responses whose share of repeated word n-grams is above this (None = off)")
     min_rep_ngram_words: int = Field(30, ge=1, description="responses with fewer words are not judged on repetition")
     max_non_alnum_ratio: float | None = Field(0.6, ge=0, le=1)
-    drop_ends_with_user: bool = False
+    drop_ends_with_user: bool = Field(False, description="drop conversations whose last message is a user turn (no answer)")
 
 
 def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
@@ -116,6 +115,4 @@ class Heuristics(Stage):
         return df
 
 
-def heuristics(table: Any, **params: Any) -> pl.DataFrame:
-    """Add ``heur_*`` columns and apply the rules of :class:`HeuristicsParams` to ``table``."""
-    return Heuristics(**params)(to_polars(table))
+heuristics = stage_function(Heuristics)

@@ -45,7 +45,8 @@ from pipeline.dedup import (
     response_chars,
     write_dup_columns,
 )
-from pipeline.stages.base import Resources, to_polars
+from pipeline.stages.base import Resources
+from pipeline.stages.functions import stage_function
 
 #: similarity blocks are at most this many float32 entries (256 MB)
 _BLOCK_ENTRIES = 1 << 26
@@ -56,12 +57,12 @@ class SemDedupParams(KeeperParams):
         "auto", description="centroid: farthest from the cluster centroid first (the paper); see KeeperParams"
     )
     model: str = Field("minilm", description="embedding model: alias, pkg:NAME/sub or local directory")
-    view: Literal["instruction", "response", "conversation", "first_instruction", "last_response", "both"] = "instruction"
+    view: Literal["instruction", "response", "conversation", "first_instruction", "last_response", "both"] = Field("instruction", description="text embedded: instruction, response, conversation, first_instruction, last_response or both")
     eps: float = Field(0.05, gt=0.0, lt=1.0, description="rows with cosine similarity > 1 - eps are duplicates")
     n_clusters: int | None = Field(None, ge=1, description="k-means clusters (default sqrt(n/2))")
     niter: int = Field(20, ge=1, description="k-means iterations")
-    seed: int = Field(0, ge=0)
-    batch_size: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0, description="k-means seed")
+    batch_size: int = Field(64, ge=1, description="rows per embedding batch")
     gpu: Literal["auto", "cpu", "cuda"] = Field("auto", description="faiss k-means device")
 
 
@@ -241,6 +242,4 @@ class SemanticDedup(DedupStage):
         return res, max_sim
 
 
-def semantic_dedup(table: Any, **params: Any) -> pl.DataFrame:
-    """Drop semantic near-duplicates (SemDeDup, see :class:`SemDedupParams`) from ``table``."""
-    return SemanticDedup(**params)(to_polars(table))
+semantic_dedup = stage_function(SemanticDedup)
