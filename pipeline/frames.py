@@ -94,7 +94,7 @@ def _writer_of(column: str) -> str | None:
 def missing_column_hint(stage: str, column: str, columns: list[str]) -> str:
     """What a user should call first when ``stage`` needs ``column`` and the table lacks it."""
     have = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
-    base = f"{stage}: the table has no column {column!r} (columns: {have})"
+    base = f"{stage}: column {column!r} not in table (columns: {have})"
     if column in CANONICAL_COLUMNS:
         return (f"{base}; stages work on canonical rows (id, source, source_row, messages): "
                 f"call pipeline.canonicalize(df) first")

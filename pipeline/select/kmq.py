@@ -23,6 +23,10 @@ Departures from the paper:
 * embeddings are a sentence-transformers model (MiniLM by default), not the paper's encoder;
 * scores below zero are shifted so the lowest row has quality 0 (weights must be non-negative).
 
+``score_order: asc`` makes a lower score better (perplexity ``ppl``, ``eu_nll``): the score is
+negated before the shift, so the row with the lowest score has the highest quality and the row with
+the highest score has quality 0; the ``q=`` in ``select_reason`` is that negated score.
+
 Rows with a null score are not selected. ``k`` defaults to ``sqrt(n / 2)``; the spread is widest when
 ``k`` is near the budget (on a redundant T0 pool, k = budget covers ~4 more source tasks of 32 than
 random at budget 50, while k = sqrt(n / 2) is no better than random: see tests/select/test_kmq.py and
@@ -32,7 +36,7 @@ instead of running k-means again.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -52,6 +56,7 @@ from pipeline.stages.functions import stage_function
 
 class KMQParams(VectorSelectParams):
     score: str | None = Field(None, description="quality column; None = uniform quality (k-means random)")
+    score_order: Literal["desc", "asc"] = Field("desc", description="desc: a higher score is better (deita_score); asc: lower is better (ppl, eu_nll)")
     k: int | None = Field(None, ge=1, description="clusters; default sqrt(candidates / 2)")
     cluster_column: str | None = Field(None, description="use these clusters instead of running k-means")
     niter: int = Field(20, ge=1, description="k-means iterations")
@@ -110,6 +115,8 @@ class KMQ(VectorSelector):
             out = mark_selected(df, idx, self.name)
             return out.with_columns(pl.lit(None, pl.Int64).alias("kmq_cluster"))
         q = df[p.score].cast(pl.Float64).to_numpy()[idx] if p.score else np.ones(len(idx))
+        if p.score and p.score_order == "asc":  # lower is better: quality rises as the score falls
+            q = -q
         if p.cluster_column:
             _, labels = np.unique(df[p.cluster_column].to_numpy()[idx], return_inverse=True)
         else:
