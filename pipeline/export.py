@@ -59,6 +59,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.io.shards import list_shards
+from pipeline.score_columns import score_columns
 
 EXPORT_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "hf")
 JSONL_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca")
@@ -348,7 +349,7 @@ def export(run_dir: Path, fmt: str, out: Path, where: str | None = None, with_sc
     schema = _unified_schema(paths)
     expr = _where_expr(where, list(schema)) if where else None
     carried, omitted = _carried(schema, fmt, with_scores)
-    score_cols = [c for c, t in schema.items() if t.is_numeric() and c not in NOT_SCORES]
+    score_cols = [c for c in score_columns(schema, manifest) if c not in NOT_SCORES]  # no hashes, ids, ranks
     needed = list(dict.fromkeys(["messages", *carried, *score_cols, "keep",
                                  *(expr.meta.root_names() if expr is not None else [])]))
     needed = [c for c in needed if c in schema]
