@@ -170,7 +170,9 @@ def cmd_stages(args: argparse.Namespace) -> int:
 
     if args.name:
         if args.name not in REGISTRY:
-            close = [n for n in REGISTRY if args.name in n or n in args.name]
+            import difflib
+
+            close = difflib.get_close_matches(args.name, list(REGISTRY), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             print(f"error: unknown stage {args.name!r}{hint}; `curate stages` lists them", file=sys.stderr)
             return 2
