@@ -51,7 +51,8 @@ def test_canonicalize_messages_lists_and_formats(real_dir: Path) -> None:
     assert one.height == 1 and one["messages"].to_list()[0] == conv
     two = pipeline.canonicalize([conv, conv[:1] + [{"role": "assistant", "content": "[0-9]{3}"}]])
     assert two.height == 2 and two["id"].n_unique() == 2
-    sg = pl.read_json(gzip.open(real_dir / "fastchat_dummy_conversation.json.gz"))
+    with gzip.open(real_dir / "fastchat_dummy_conversation.json.gz") as f:
+        sg = pl.read_json(f)
     rows = pipeline.canonicalize(sg.to_arrow(), format="sharegpt")
     assert isinstance(rows, pa.Table) and rows.num_rows == sg.height
     with pytest.raises(ValueError, match="unknown format 'alpacca'"):
