@@ -52,10 +52,22 @@ def _from_datasets(ds: Any) -> pl.DataFrame:
     return pl.from_arrow(table)  # type: ignore[return-value]
 
 
-def _to_datasets(df: pl.DataFrame) -> Any:
+def _restore_types(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Columns that came in keep their Arrow type (``string`` stays ``string``, not Polars'
+    ``large_string``), so the result concatenates with the input; added columns keep Polars' types."""
+    for i, name in enumerate(table.column_names):
+        j = schema.get_field_index(name)
+        if j >= 0 and not table.schema.field(i).type.equals(schema.field(j).type):
+            # a stage that changed the column's type on purpose keeps the new one
+            with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                table = table.set_column(i, schema.field(j), table.column(i).cast(schema.field(j).type))
+    return table
+
+
+def _to_datasets(df: pl.DataFrame, schema: pa.Schema) -> Any:
     import datasets
 
-    return datasets.Dataset(df.to_arrow())
+    return datasets.Dataset(_restore_types(df.to_arrow(), schema))
 
 
 def to_polars_like(obj: Any) -> tuple[pl.DataFrame, Callable[[pl.DataFrame], Any]]:
@@ -68,11 +80,12 @@ def to_polars_like(obj: Any) -> tuple[pl.DataFrame, Callable[[pl.DataFrame], Any
         return obj.collect(), lambda df: df.lazy()
     if kind == "arrow":
         t = pa.Table.from_batches([obj]) if isinstance(obj, pa.RecordBatch) else obj
-        return pl.from_arrow(t), lambda df: df.to_arrow()  # type: ignore[return-value]
+        return pl.from_arrow(t), lambda df: _restore_types(df.to_arrow(), t.schema)  # type: ignore[return-value]
     if kind == "pandas":
         return pl.from_pandas(obj), lambda df: df.to_pandas()
     if kind == "datasets":
-        return _from_datasets(obj), _to_datasets
+        schema = obj.features.arrow_schema
+        return _from_datasets(obj), lambda df: _to_datasets(df, schema)
     return pl.DataFrame(obj), lambda df: df
 
 

@@ -116,3 +116,18 @@ def test_missing_columns_say_what_to_call_first(raw_records: list[dict], canonic
         select_top_k(canonical, 10, "ppl")
     with pytest.raises(ValueError, match=r"'len_response_tokens' .*call pipeline\.stages\.length\(df\) first"):
         select_top_k(canonical, 10, "len_response_tokens")
+
+
+def test_columns_that_came_in_keep_their_types(raw_records: list[dict]) -> None:
+    """A Dataset built the usual way (string features) comes back with the same features for its own
+    columns, so the result concatenates with the input."""
+    import datasets
+
+    canon = pipeline.canonicalize(raw_records[:50])
+    ds = datasets.Dataset.from_list(canon.drop("meta").to_dicts())
+    out = length(ds)
+    assert {k: out.features[k] for k in ds.features} == ds.features
+    assert datasets.concatenate_datasets([ds, out.select_columns(ds.column_names)]).num_rows == 100
+    arrow = ds.data.table
+    back = heuristics(arrow)
+    assert back.schema.field("messages").type == arrow.schema.field("messages").type

@@ -83,6 +83,7 @@ def rep_ngram_ratio(words: pl.Series, n: int) -> pl.Series:
 class Heuristics(Stage):
     name = "heuristics"
     Params = HeuristicsParams
+    version = "2"  # 2: heur_code_like; the symbol-ratio rule skips code-like responses
     columns = {
         "heur_empty_response": pl.Boolean,
         "heur_response_eq_instruction": pl.Boolean,
