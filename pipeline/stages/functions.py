@@ -72,6 +72,13 @@ def summary_line(cls: type[Stage]) -> str:
     return (doc or cls.__name__).strip().splitlines()[0]
 
 
+def _short(default: str | None, limit: int = 70) -> str | None:
+    """A long default (a prompt template) cut for display; the signature keeps the whole value."""
+    if default is None or len(default) <= limit:
+        return default
+    return default[: limit - 5] + "...'" + f" ({len(default):,} chars)"
+
+
 def describe(cls: type[Stage], name: str | None = None) -> str:
     """Plain text: the stage's name, summary, output columns and every param with default and meaning."""
     name = name or cls.name
@@ -81,7 +88,7 @@ def describe(cls: type[Stage], name: str | None = None) -> str:
         lines.append("  writes: " + ", ".join(cls.columns))
     lines.append("  params:")
     for r in param_rows(cls):
-        default = "required" if r["required"] else f"default {r['default']}"
+        default = "required" if r["required"] else f"default {_short(r['default'])}"
         lines.append(f"    {r['name']}: {r['type']} ({default})")
         if r["description"]:
             lines += textwrap.wrap(r["description"], 100, initial_indent="        ", subsequent_indent="        ")
@@ -94,7 +101,7 @@ def _docstring(cls: type[Stage], name: str, extras: Sequence[str]) -> str:
     out = [f"Run the ``{cls.name}`` stage ({cls.__name__}) on an in-memory table.", "", head, "", "Parameters",
            "----------", "table", textwrap.indent(textwrap.fill(_TABLE_DOC, 96), "    ")]
     for r in param_rows(cls):
-        default = "required" if r["required"] else f"default {r['default']}"
+        default = "required" if r["required"] else f"default {_short(r['default'])}"
         out.append(f"{r['name']} : {r['type']}, {default}")
         if r["description"]:
             out.append(textwrap.indent(textwrap.fill(r["description"], 96), "    "))
