@@ -109,12 +109,11 @@ class Heuristics(Stage):
             response.str.count_matches(r"[^\p{L}\p{N}\s]").alias("_sym"),
             (pl.col("messages").list.last().struct.field("role") != "assistant").alias("heur_ends_with_user"),
             (
-                (text_expr("instruction").str.contains(CODE_INSTRUCTION) | response.str.contains("```", literal=True)
+                (pl.lit(texts["i"]).str.contains(CODE_INSTRUCTION) | response.str.contains("```", literal=True)
                  | response.str.contains(QUOTED_LITERAL))
+                & response.str.contains(r"[\p{L}\p{N}]")  # so with a symbol it has 2+ distinct characters
                 & (response.str.count_matches(r"[\x21-\x7e]")
                    >= 0.9 * (response.str.len_chars() - response.str.count_matches(r"\s")))
-                & response.str.contains(r"[\p{L}\p{N}]")
-                & (response.str.replace_all(r"\s", "").str.split("").list.unique().list.len() >= 2)
             ).fill_null(False).alias("heur_code_like"),
         )
         return df.with_columns(
