@@ -37,7 +37,7 @@ from pipeline.text import text_expr
 
 #: an instruction that asks for or shows code (case-insensitive)
 CODE_INSTRUCTION = (
-    r"(?i)\b(?:regex|regexp|regular expressions?|code|coding|functions?|programs?|programming|scripts?|sql|"
+    r"(?i-u)\b(?:regex|regexp|regular expressions?|code|coding|functions?|programs?|programming|scripts?|sql|"
     r"query|python|java|javascript|typescript|c\+\+|c#|ruby|rust|golang|php|perl|bash|shell|html|css|json|"
     r"xml|yaml|arrays?|snippet|syntax|algorithm|compile|variables?|methods?|class|loop|expression|api|"
     r"command|implement)\b|```|\bdef \w+\(|#include|=>|\bimport \w"
@@ -108,13 +108,10 @@ class Heuristics(Stage):
             (response.str.len_chars() - response.str.count_matches(r"\s")).alias("_nonspace"),
             response.str.count_matches(r"[^\p{L}\p{N}\s]").alias("_sym"),
             (pl.col("messages").list.last().struct.field("role") != "assistant").alias("heur_ends_with_user"),
-            (
-                (pl.lit(texts["i"]).str.contains(CODE_INSTRUCTION) | response.str.contains("```", literal=True)
-                 | response.str.contains(QUOTED_LITERAL))
-                & response.str.contains(r"[\p{L}\p{N}]")  # so with a symbol it has 2+ distinct characters
-                & (response.str.count_matches(r"[\x21-\x7e]")
-                   >= 0.9 * (response.str.len_chars() - response.str.count_matches(r"\s")))
-            ).fill_null(False).alias("heur_code_like"),
+            (pl.lit(texts["i"]).str.contains(CODE_INSTRUCTION) | response.str.contains("```", literal=True)
+             | response.str.contains(QUOTED_LITERAL)).fill_null(False).alias("_code_signal"),
+            response.str.contains(r"[\p{L}\p{N}]").fill_null(False).alias("_has_alnum"),
+            response.str.count_matches(r"[^\x00-\x7f]").alias("_non_ascii"),
         )
         return df.with_columns(
             tmp["heur_empty_response"],
@@ -123,7 +120,11 @@ class Heuristics(Stage):
             tmp["_words"].list.len().cast(pl.Int64).alias("heur_response_words"),
             (tmp["_sym"] / tmp["_nonspace"]).fill_nan(0.0).fill_null(0.0).cast(pl.Float64).alias("heur_non_alnum_ratio"),
             tmp["heur_ends_with_user"],
-            tmp["heur_code_like"],
+            # code: a code signal, a letter or digit (so with a symbol, 2+ distinct characters), and
+            # at most 10% non-ASCII characters (emoji strings, zero-width spaces are not code)
+            tmp.select((pl.col("_code_signal") & pl.col("_has_alnum")
+                        & (pl.col("_non_ascii") <= 0.1 * pl.col("_nonspace"))).fill_null(False)
+                       .alias("heur_code_like")).to_series(),
         )
 
     def decide(self, df: pl.DataFrame) -> pl.DataFrame:
