@@ -4,3 +4,15 @@ Importing this package loads no model library; stages import torch/faiss/transfo
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # lazily, so that ``import pipeline`` stays light
+    if name == "canonicalize":
+        from pipeline.frames import canonicalize
+
+        return canonicalize
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+
+
+__all__ = ["canonicalize", "__version__"]

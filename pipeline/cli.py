@@ -4,8 +4,9 @@
     curate inspect RUN_DIR
     curate formats
     curate report RUN_DIR
-    curate export RUN_DIR --format messages --out PATH
+    curate export RUN_DIR --format messages --out PATH [--json]
     curate distill [--source minilm] [--out DIR] [--force]
+    curate stages [NAME]
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import ConfigError, load_config
+
+#: Defaults for the libraries a run drives, set before any of them is imported (the user's own
+#: environment wins). Prefect's server sends an anonymous telemetry heartbeat and logs
+#: "ERROR ... Failed to send telemetry" on every run without network; this tool's runs are offline.
+QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+             "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _print(msg: str, quiet: bool) -> None:
@@ -77,9 +84,11 @@ def inspect_text(run_dir: Path) -> str:
     lines += ["", "drop reasons:"]
     for r, n in list(c["dropped_by_rule"].items())[:30]:
         lines.append(f"  {r:<50} {n:>9,}")
+    from pipeline.score_columns import score_columns
+
     lf = scan_shards(run_dir / "shards")
     schema = lf.collect_schema()
-    numeric = [n for n, t in schema.items() if t.is_numeric() and n not in ("source_row", "select_rank")]
+    numeric = score_columns(dict(schema), m)  # real scores only: no hashes, ids, clusters, ranks
     if numeric:
         q = lf.select(
             [pl.col(n).cast(pl.Float64).quantile(p).alias(f"{n}|{p}") for n in numeric for p in (0.05, 0.5, 0.95)]
@@ -149,7 +158,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (ExportError, PermissionError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(info, indent=2, default=str))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(export_summary(info))
+    return 0
+
+
+def export_summary(info: dict[str, object]) -> str:
+    """A few lines on what ``export`` wrote (``--json`` prints everything, score statistics included)."""
+    skipped = info.get("skipped") or 0
+    lines = [f"exported {info.get('exported', 0):,} rows ({info.get('format')}) from {info.get('input')}"
+             + (f" where {info['where']}" if info.get("where") else "")
+             + f"; considered {info.get('rows_in', 0):,}, skipped {skipped:,}",
+             f"data: {info.get('data')}", f"card: {info.get('card')}"]
+    if skipped:
+        by = info.get("skipped_by_reason") or {}
+        lines.append("skipped: " + ", ".join(f"{r} {n:,}" for r, n in list(by.items())[:5])  # type: ignore[union-attr]
+                     + f" (list: {info.get('skipped_list')})")
+    lines.append(f"columns: {', '.join(info.get('columns') or [])}")  # type: ignore[arg-type]
+    if info.get("columns_omitted"):
+        lines.append(f"left out: {', '.join(info['columns_omitted'])}")  # type: ignore[arg-type]
+    if info.get("pushed_to"):
+        lines.append(f"pushed to: {info['pushed_to']}")
+    lines.append(f"sha256: {info.get('sha256')}  ({info.get('seconds')} s; --json for everything)")
+    return "\n".join(lines)
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    """List the stages (config name = Python function in pipeline.stages) or describe one with its params."""
+    from pipeline.stages import REGISTRY, available_stages, get_stage
+    from pipeline.stages.functions import describe, summary_line
+
+    if args.name:
+        if args.name not in REGISTRY:
+            import difflib
+
+            close = difflib.get_close_matches(args.name, list(REGISTRY), n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            print(f"error: unknown stage {args.name!r}{hint}; `curate stages` lists them", file=sys.stderr)
+            return 2
+        print(describe(get_stage(args.name), args.name))
+        return 0
+    names = available_stages()
+    width = max(map(len, names)) + 2
+    print("stages (the config's `stage:` name is also the function: `from pipeline.stages import NAME`):")
+    for name in names:
+        cls = get_stage(name)
+        kind = "selector" if cls.is_selector else cls.scope
+        print(f"  {name:<{width}} {kind:<9} {summary_line(cls)[:90]}")
+    print("`curate stages NAME` lists a stage's params with their defaults and meaning.")
     return 0
 
 
@@ -194,12 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--where", help="a Polars SQL filter over the scored shards, e.g. \"ifd < 0.9\"")
     ex.add_argument("--with-scores", action="store_true", help="carry the score columns along")
     ex.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to this Hub dataset repo (needs credentials)")
+    ex.add_argument("--json", action="store_true", help="print the full export record (counts, files, score statistics) as JSON")
     ex.set_defaults(fn=cmd_export)
     d = sub.add_parser("distill", help="distil the static embedding model (minilm-static) into the model cache")
     d.add_argument("--source", default="minilm", help="sentence-transformers model to distil (alias or local dir)")
     d.add_argument("--out", help="directory (default: the model cache, $SFT_CURATE_MODEL_CACHE)")
     d.add_argument("--force", action="store_true", help="distil again even when the directory holds a model")
     d.set_defaults(fn=cmd_distill)
+    st = sub.add_parser("stages", help="list the stages, or one stage's params with defaults and meaning")
+    st.add_argument("name", nargs="?")
+    st.set_defaults(fn=cmd_stages)
     return ap
 
 
@@ -217,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.engine.manifest import Interrupted
     from pipeline.io.readers import SourceError
 
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)

@@ -80,6 +80,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.io.shards import list_shards
 from pipeline.schema import arguments_object, conform_messages, original_column_name, user_columns
+from pipeline.score_columns import score_columns
 
 EXPORT_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "hf")
 JSONL_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca")
@@ -520,7 +521,8 @@ def export(run_dir: Path, fmt: str, out: Path, where: str | None = None, with_sc
     stage_cols = _stage_output_columns(manifest)
     carried, omitted, names = _carried(schema, fmt, with_scores, stage_cols)
     user = set(user_columns(list(schema), extra_reserved=sorted(stage_cols)))
-    score_cols = [c for c, t in schema.items() if t.is_numeric() and c not in NOT_SCORES and c not in user]
+    # real scores only (no hashes, ids, ranks: the declared roles), and not the user's own columns
+    score_cols = [c for c in score_columns(schema, manifest) if c not in NOT_SCORES and c not in user]
     needed = list(dict.fromkeys(["messages", "tools", *carried, *score_cols, "keep",
                                  *(expr.meta.root_names() if expr is not None else [])]))
     needed = [c for c in needed if c in schema]

@@ -115,3 +115,55 @@ def test_bad_config_fails_before_work(tmp_path: Path) -> None:
 def test_inspect_on_a_non_run(tmp_path: Path) -> None:
     p = _curate("inspect", str(tmp_path), check=False)
     assert p.returncode == 2 and "not a run directory" in p.stderr
+
+
+def test_stages_lists_every_stage_and_its_params() -> None:
+    from pipeline.stages import available_stages, get_stage
+
+    out = _curate("stages").stdout
+    for name in available_stages():
+        assert f"  {name} " in out, name
+    one = _curate("stages", "kmq").stdout
+    for field, info in get_stage("kmq").Params.model_fields.items():
+        assert f"    {field}: " in one, field
+        assert info.description and info.description[:40] in one, field
+    assert "score_order: 'desc' | 'asc' (default 'desc')" in one and "budget: int (required)" in one
+    p = _curate("stages", "kmqq", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: unknown stage 'kmqq' (did you mean kmq?)")
+
+
+def test_inspect_shows_only_real_scores(demo_run: Path) -> None:
+    out = _curate("inspect", str(demo_run)).stdout
+    scores = out.split("p95")[1]  # the score table
+    assert "len_response_tokens" in scores and "heur_non_alnum_ratio" in scores
+    for name in ("exact_hash", "source_row", "dup_of_row", "select_rank"):
+        assert name not in scores, name
+
+
+def test_export_prints_a_summary_and_json_on_request(demo_run: Path, tmp_path: Path) -> None:
+    out = _curate("export", str(demo_run), "--out", str(tmp_path / "a.jsonl")).stdout
+    assert len(out.splitlines()) <= 8
+    assert out.startswith("exported 1,000 rows (messages) from selected/")
+    assert f"data: {tmp_path / 'a.jsonl'}" in out
+    full = json.loads(_curate("export", str(demo_run), "--out", str(tmp_path / "b.jsonl"), "--json").stdout)
+    assert full["exported"] == 1000
+    assert "len_response_tokens" in full["score_stats"]
+    assert not {"exact_hash", "dup_of_row", "source_row", "select_rank"} & set(full["score_stats"])
+
+
+def test_prefect_telemetry_is_off_for_the_tools_runs() -> None:
+    """Prefect's server heartbeat (which logs 'ERROR ... Failed to send telemetry' offline) is disabled
+    by the tool's environment defaults, set before Prefect is imported; a user's own setting wins."""
+    import os
+
+    code = ("import flows.curate\n"
+            "from prefect.server.services import telemetry\n"
+            "from prefect.server.services.perpetual_services import _PERPETUAL_SERVICES\n"
+            "[svc] = [s for s in _PERPETUAL_SERVICES if s.function is telemetry.send_telemetry_heartbeat]\n"
+            "print(svc.enabled_getter())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.stdout.strip() == "False", p.stderr[-2000:]
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "true"
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.stdout.strip() == "True", p.stderr[-2000:]

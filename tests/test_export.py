@@ -317,7 +317,8 @@ def test_run_exports_from_config_entries(run_dir: Path) -> None:
 def test_cli_export(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from pipeline.cli import main
 
-    assert main(["export", str(run_dir), "--format", "sharegpt", "--out", str(tmp_path / "sg"), "--with-scores"]) == 0
+    assert main(["export", str(run_dir), "--format", "sharegpt", "--out", str(tmp_path / "sg"), "--with-scores",
+                 "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["exported"] == 400 and "len_response_tokens" in info["columns"]
     assert re.fullmatch(r"[0-9a-f]{64}", info["sha256"])

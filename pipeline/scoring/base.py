@@ -53,30 +53,30 @@ class LMParams(StageParams):
     """Params shared by the LM-scoring stages (model, backend, batching, cache, decisions)."""
 
     model: str = Field("smollm2", description="alias, pkg:NAME/path, local HF dir or .gguf file")
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="transformers (CPU/CUDA, HF dir or GGUF) or vllm (CUDA, in a worker process)")
     worker: bool = Field(False, description="run the backend in a worker process (always for vllm)")
     python: str | None = Field(None, description="interpreter for the worker (default: this one)")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the run's device")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="model weights dtype; auto: bfloat16/float16 on CUDA, float32 on CPU")
+    trust_remote_code: bool = Field(False, description="allow custom model code from the model directory")
     max_tokens: int = Field(2048, ge=8, description="context + target tokens per request; longer ones are truncated")
     head_tokens: int = Field(32, ge=0, description="context tokens kept from the start when the middle is cut")
     token_budget: int | None = Field(None, ge=16, description="padded tokens per forward batch (default 4096 CPU / 32768 CUDA)")
-    max_batch_size: int = Field(64, ge=1)
+    max_batch_size: int = Field(64, ge=1, description="most requests per forward batch")
     threads: int | None = Field(None, ge=1, description="CPU threads for the transformers backend (default: torch's)")
     chunk_rows: int = Field(512, ge=1, description="requests per backend call (and per cache write)")
     include_eos: bool = Field(True, description="score the end-of-turn marker with each assistant turn")
     include_reasoning: bool = Field(True, description="render assistant reasoning traces (reasoning_content / "
                                     "<think>) in targets and contexts; false scores turns without them")
-    turn_agg: TurnAgg = "mean"
-    cache: bool = True
+    turn_agg: TurnAgg = Field("mean", description="how the per-turn scores of a multi-turn row are combined")
+    cache: bool = Field(True, description="reuse scores cached by (id, model, template) from earlier runs")
     cache_dir: str | None = Field(None, description="default: <run cache_dir or run dir>/sidecars/scores")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm only")
     logprobs_topk: int = Field(20, ge=1, description="vllm only: top-k logprobs returned per position")
-    drop_above: float | None = None
-    drop_below: float | None = None
-    drop_above_quantile: float | None = Field(None, gt=0, lt=1)
-    drop_below_quantile: float | None = Field(None, gt=0, lt=1)
+    drop_above: float | None = Field(None, description="drop rows whose score (decide_on) is above this")
+    drop_below: float | None = Field(None, description="drop rows whose score (decide_on) is below this")
+    drop_above_quantile: float | None = Field(None, gt=0, lt=1, description="drop rows whose score is above this quantile of the kept, scored rows")
+    drop_below_quantile: float | None = Field(None, gt=0, lt=1, description="drop rows whose score is below this quantile of the kept, scored rows")
     decide_on: str | None = Field(None, description="column the drop rules apply to (default: the main score)")
 
     @model_validator(mode="after")
@@ -485,18 +485,11 @@ def per_row(units: pl.DataFrame, aggs: list[pl.Expr]) -> pl.DataFrame:
 
 
 def lm_function(cls: type[LMStage]) -> Any:
-    """The plain-function form of an LM stage: ``fn(table, **params) -> scored table``."""
+    """The plain-function form of an LM stage: ``fn(table, **params) -> scored table`` (the model is
+    released after the call), with its params in the signature and docstring."""
+    from pipeline.stages.functions import stage_function
 
-    def fn(table: Any, **params: Any) -> pl.DataFrame:
-        stage = cls(**params)
-        try:
-            return stage(to_polars(table))
-        finally:
-            stage.teardown()
-
-    fn.__name__ = cls.name
-    fn.__doc__ = f"Run the ``{cls.name}`` stage ({cls.__name__}) on ``table`` in memory; see its docstring."
-    return fn
+    return stage_function(cls)
 
 
 __all__ = ["LMParams", "LMStage", "turn_units", "aggregate_turns", "per_row", "lm_function"]

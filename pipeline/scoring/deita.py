@@ -67,7 +67,7 @@ def expected_score(logprobs: np.ndarray, values: np.ndarray | None = None) -> np
 
 
 class DeitaParams(LMParams):
-    prompt_format: Literal["chat", "raw"] = "chat"
+    prompt_format: Literal["chat", "raw"] = Field("chat", description="chat: the prompt as a user turn through the model's chat template; raw: the text as is")
     complexity_template: str = Field(COMPLEXITY_TEMPLATE, description="fields: {instruction}")
     quality_template: str = Field(QUALITY_TEMPLATE, description="fields: {instruction}, {output}")
 

@@ -79,9 +79,9 @@ def qtuning_triage(nll: np.ndarray, ent: np.ndarray, keep_ratio: float, tol: flo
 
 
 class ErrorUncertaintyParams(LMParams):
-    split_quantile: float = Field(0.5, gt=0, lt=1)
-    drop_quadrants: list[Quadrant] = Field(default_factory=list)
-    keep_ratio: float | None = Field(None, gt=0, le=1)
+    split_quantile: float = Field(0.5, gt=0, lt=1, description="quantile of each axis (NLL, entropy) that splits rows into quadrants")
+    drop_quadrants: list[Quadrant] = Field(default_factory=list, description="quadrants to drop, e.g. [Q1, Q3] (Q-Tuning's triage on the median split)")
+    keep_ratio: float | None = Field(None, gt=0, le=1, description="keep about this share of the pool by Q-Tuning's joint bisection (Q2 + Q4); None = off")
 
 
 class ErrorUncertainty(LMStage):

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import polars as pl
+from pydantic import Field
 
 from pipeline.scoring.base import LMParams, LMStage, aggregate_turns, lm_function, per_row, turn_units
 from pipeline.stages.base import Col, drop_where
@@ -30,9 +31,9 @@ from pipeline.text import normalize_expr
 
 
 class GrapeParams(LMParams):
-    group_by: Literal["exact", "normalized"] = "normalized"
-    turns: Literal["last", "all"] = "last"
-    drop_non_best: bool = True
+    group_by: Literal["exact", "normalized"] = Field("normalized", description="rows share an instruction when their context matches exactly or after normalisation")
+    turns: Literal["last", "all"] = Field("last", description="score the last assistant turn, or every turn combined with turn_agg")
+    drop_non_best: bool = Field(True, description="drop every row but the best-fitting one of its instruction group (grape:not_best)")
 
 
 def instruction_key(messages: str = "messages") -> pl.Expr:

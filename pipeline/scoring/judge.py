@@ -67,9 +67,9 @@ def yes_probability(logprobs: np.ndarray, ids: np.ndarray, n_yes: int) -> np.nda
 
 class JudgeParams(LMParams):
     prompt: str = Field(JUDGE_PROMPT, description="fields: {instruction}, {response}")
-    prompt_format: Literal["chat", "raw"] = "chat"
-    yes_tokens: list[str] = Field(default_factory=lambda: list(YES_TOKENS), min_length=1)
-    no_tokens: list[str] = Field(default_factory=lambda: list(NO_TOKENS), min_length=1)
+    prompt_format: Literal["chat", "raw"] = Field("chat", description="chat: the prompt as a user turn through the model's chat template; raw: the text as is")
+    yes_tokens: list[str] = Field(default_factory=lambda: list(YES_TOKENS), min_length=1, description="tokens whose probability counts as 'yes'")
+    no_tokens: list[str] = Field(default_factory=lambda: list(NO_TOKENS), min_length=1, description="tokens whose probability counts as 'no'")
 
 
 class Judge(LMStage):

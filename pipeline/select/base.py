@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import Col, RunContext, Stage, StageParams, to_polars
+from pipeline.stages.base import Col, RunContext, Stage, StageParams
 
 SELECT_COLUMNS = {"selected": Col(pl.Boolean, "flag", "global"), "select_reason": Col(pl.String, "internal", "global"),
                   "select_rank": Col(pl.Int64, "internal", "global")}
@@ -32,8 +32,8 @@ SELECT_COLUMNS = {"selected": Col(pl.Boolean, "flag", "global"), "select_reason"
 
 class SelectParams(StageParams):
     budget: int = Field(..., ge=0, description="rows, or tokens with budget_unit=tokens")
-    budget_unit: Literal["rows", "tokens"] = "rows"
-    token_column: str = "len_response_tokens"
+    budget_unit: Literal["rows", "tokens"] = Field("rows", description="rows: budget counts rows; tokens: budget counts token_column")
+    token_column: str = Field("len_response_tokens", description="token count column used with budget_unit=tokens")
 
 
 def candidate_mask(df: pl.DataFrame) -> np.ndarray:
@@ -129,8 +129,8 @@ class VectorSelectParams(SelectParams):
     """Params of selectors that read sentence embeddings (see :mod:`pipeline.embeddings`)."""
 
     model: str = Field("auto", description="embedding model: auto (MiniLM on a GPU, minilm-static on CPU), an alias, pkg:NAME/path, or a local sentence-transformers/model2vec directory")
-    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
-    batch_size: int = Field(64, ge=1)
+    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = Field("instruction", description="text embedded: instruction, response, conversation, both, first_instruction or last_response")
+    batch_size: int = Field(64, ge=1, description="rows per embedding batch")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the run's device")
     seed: int | None = Field(None, description="default: the run's seed")
 
@@ -178,6 +178,6 @@ def run_in_memory(stage: Stage, table: Any, ctx: RunContext | None = None, cache
     if ctx is None:
         ctx = RunContext(cache_dir=Path(cache_dir) if cache_dir is not None else None,
                          seed=seed if seed is not None else 0)
-    return stage(to_polars(table), ctx)
+    return stage(table, ctx)
 
 

@@ -8,18 +8,16 @@ same pool gives the same selection regardless of shard or input order.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import polars as pl
 from pydantic import Field
 
 from pipeline.select.base import Selector, SelectParams
-from pipeline.stages.base import to_polars
+from pipeline.stages.functions import stage_function
 
 
 class RandomParams(SelectParams):
-    seed: int = 0
+    seed: int = Field(0, description="seed of the permutation")
 
 
 class RandomSelect(Selector):
@@ -40,9 +38,9 @@ class RandomSelect(Selector):
 
 class TopKParams(SelectParams):
     column: str = Field(..., description="score column to rank by")
-    descending: bool = True
-    min_value: float | None = None
-    max_value: float | None = None
+    descending: bool = Field(True, description="rank the highest values first (False: lowest first)")
+    min_value: float | None = Field(None, description="only rows with column >= this are candidates")
+    max_value: float | None = Field(None, description="only rows with column <= this are candidates")
 
 
 class TopKSelect(Selector):
@@ -70,11 +68,8 @@ class TopKSelect(Selector):
         return idx[np.argsort(key, kind="stable")]
 
 
-def random(table: Any, budget: int, seed: int = 0, **params: Any) -> pl.DataFrame:
-    """Seeded uniform random selection of ``budget`` rows."""
-    return RandomSelect(budget=budget, seed=seed, **params)(to_polars(table))
-
-
-def top_k(table: Any, budget: int, column: str, **params: Any) -> pl.DataFrame:
-    """Select the ``budget`` rows with the highest (or lowest) ``column``."""
-    return TopKSelect(budget=budget, column=column, **params)(to_polars(table))
+#: under their config names (``pipeline.stages.select_top_k``) and their short names (``select.top_k``)
+select_random = stage_function(RandomSelect, ("budget", "seed"))
+select_top_k = stage_function(TopKSelect, ("budget", "column"))
+random = stage_function(RandomSelect, ("budget", "seed"), name="random")
+top_k = stage_function(TopKSelect, ("budget", "column"), name="top_k")

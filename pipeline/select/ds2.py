@@ -28,7 +28,6 @@ search is approximate (faiss IVF).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,17 +41,17 @@ from pipeline.select.base import (
     candidate_mask,
     canonical_order,
     mark_selected,
-    run_in_memory,
     take_budget,
 )
-from pipeline.stages.base import Col, RunContext
+from pipeline.stages.base import Col
+from pipeline.stages.functions import stage_function
 
 
 class DS2Params(VectorSelectParams):
     rating: str = Field(..., description="rating column (integers, or floats binned with levels)")
     k: int = Field(10, ge=1, description="neighbours per row for the consensus and the long-tail score")
     levels: int | None = Field(None, ge=2, description="bin a float rating into this many quantile bins")
-    em_iters: int = Field(50, ge=1)
+    em_iters: int = Field(50, ge=1, description="EM iterations of the rating-transition estimate")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="keep the raw rating where the posterior is below this")
     min_rating: int | None = Field(None, description="do not select rows whose corrected rating is below this")
 
@@ -171,10 +170,6 @@ class DS2(VectorSelector):
         return dict(getattr(self, "_summary", {}))
 
 
-def ds2(table: Any, budget: int, rating: str, k: int = 10, *, ctx: RunContext | None = None,
-        cache_dir: str | Path | None = None, **params: Any) -> pl.DataFrame:
-    """DS2: correct ``rating`` by k-NN consensus (transition matrix), then take the highest corrected
-    ratings, rarest (long-tail) first within a rating."""
-    return run_in_memory(DS2(budget=budget, rating=rating, k=k, **params), table, ctx, cache_dir)
+ds2 = stage_function(DS2, ("budget", "rating", "k"))
 
 

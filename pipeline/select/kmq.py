@@ -23,6 +23,10 @@ Departures from the paper:
 * embeddings are ``model: auto`` (MiniLM on a GPU, its static distillation on CPU), not the paper's encoder;
 * scores below zero are shifted so the lowest row has quality 0 (weights must be non-negative).
 
+``score_order: asc`` makes a lower score better (perplexity ``ppl``, ``eu_nll``): the score is
+negated before the shift, so the row with the lowest score has the highest quality and the row with
+the highest score has quality 0; the ``q=`` in ``select_reason`` is that negated score.
+
 Rows with a null score are not selected. ``k`` defaults to ``sqrt(n / 2)``; the spread is widest when
 ``k`` is near the budget (on a redundant T0 pool, k = budget covers ~4 more source tasks of 32 than
 random at budget 50, while k = sqrt(n / 2) is no better than random: see tests/select/test_kmq.py and
@@ -32,8 +36,7 @@ instead of running k-means again.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -46,18 +49,19 @@ from pipeline.select.base import (
     candidate_mask,
     canonical_order,
     mark_selected,
-    run_in_memory,
     take_budget,
 )
-from pipeline.stages.base import Col, RunContext
+from pipeline.stages.base import Col
+from pipeline.stages.functions import stage_function
 
 
 class KMQParams(VectorSelectParams):
     score: str | None = Field(None, description="quality column; None = uniform quality (k-means random)")
+    score_order: Literal["desc", "asc"] = Field("desc", description="desc: a higher score is better (deita_score); asc: lower is better (ppl, eu_nll)")
     k: int | None = Field(None, ge=1, description="clusters; default sqrt(candidates / 2)")
     cluster_column: str | None = Field(None, description="use these clusters instead of running k-means")
-    niter: int = Field(20, ge=1)
-    spherical: bool = False
+    niter: int = Field(20, ge=1, description="k-means iterations")
+    spherical: bool = Field(False, description="re-normalise centroids each iteration (cosine k-means)")
 
 
 def quota_order(labels: np.ndarray, quality: np.ndarray, weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -112,6 +116,8 @@ class KMQ(VectorSelector):
             out = mark_selected(df, idx, self.name)
             return out.with_columns(pl.lit(None, pl.Int64).alias("kmq_cluster"))
         q = df[p.score].cast(pl.Float64).to_numpy()[idx] if p.score else np.ones(len(idx))
+        if p.score and p.score_order == "asc":  # lower is better: quality rises as the score falls
+            q = -q
         if p.cluster_column:
             _, labels = np.unique(df[p.cluster_column].to_numpy()[idx], return_inverse=True)
         else:
@@ -145,10 +151,6 @@ class KMQ(VectorSelector):
         return dict(getattr(self, "_summary", {}))
 
 
-def kmq(table: Any, budget: int, score: str | None = None, k: int | None = None, *, ctx: RunContext | None = None,
-        cache_dir: str | Path | None = None, **params: Any) -> pl.DataFrame:
-    """kMQ: ``budget`` rows spread over ``k`` k-means clusters by cluster quality (mean ``score``),
-    best ``score`` first inside a cluster. ``cache_dir`` keeps the embeddings for later calls."""
-    return run_in_memory(KMQ(budget=budget, score=score, k=k, **params), table, ctx, cache_dir)
+kmq = stage_function(KMQ, ("budget", "score", "k"))
 
 

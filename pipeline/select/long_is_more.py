@@ -10,18 +10,18 @@ Ties are broken by input order, so the result is deterministic.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field
 
 from pipeline.select.base import Selector, SelectParams
-from pipeline.stages.base import to_polars
-from pipeline.stages.length_filter import Length
+from pipeline.stages.functions import stage_function
 
 
 class LongIsMoreParams(SelectParams):
-    by: Literal["len_response_tokens", "len_response_chars"] = "len_response_tokens"
+    by: Literal["len_response_tokens", "len_response_chars"] = Field("len_response_tokens", description="length column to rank by, longest first (written by the length stage)")
 
 
 class LongIsMore(Selector):
@@ -40,12 +40,4 @@ class LongIsMore(Selector):
         return idx[np.argsort(-length, kind="stable")]
 
 
-def long_is_more(table: Any, budget: int, **params: Any) -> pl.DataFrame:
-    """Select the ``budget`` rows with the longest responses (Long-is-More).
-
-    On a table without the length column (``by``), the length stage's counts are added first."""
-    stage = LongIsMore(budget=budget, **params)
-    df = to_polars(table)
-    if stage.params.by not in df.columns:
-        df = Length(min_response_tokens=None).score(df)
-    return stage(df)
+long_is_more = stage_function(LongIsMore, ("budget",))

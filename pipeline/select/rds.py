@@ -21,7 +21,6 @@ the target model's own representation. ``rds_score`` holds the aggregated simila
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -35,17 +34,17 @@ from pipeline.select.base import (
     candidate_mask,
     canonical_order,
     mark_selected,
-    run_in_memory,
     take_budget,
 )
 from pipeline.stages.base import Col, LocalPath, RunContext
+from pipeline.stages.functions import stage_function
 
 
 class RDSParams(VectorSelectParams):
     target: LocalPath | list[LocalPath] = Field(..., description="target/query file(s): any supported format")
-    target_format: str = "auto"
+    target_format: str = Field("auto", description="record format of the target files (auto: detected)")
     target_view: str | None = Field(None, description="view of the target rows to embed; default: view")
-    aggregate: Literal["mean", "max"] = "mean"
+    aggregate: Literal["mean", "max"] = Field("mean", description="similarity to the target set: mean or max cosine")
     # MiniLM on CPU too: the static model ranks by target similarity far worse (tests/select/test_rds.py:
     # 53% GSM8K rows in the top 150 for a GSM8K target, MiniLM >= 95%); see docs/architecture.md
     model: str = Field("minilm", description="embedding model (MiniLM by default, even on CPU: static vectors "
@@ -147,8 +146,4 @@ class RDSPlus(VectorSelector):
         return dict(getattr(self, "_summary", {}))
 
 
-def rds_plus(table: Any, budget: int, target: str | Path | list[str | Path], aggregate: str = "mean", *,
-             ctx: RunContext | None = None, cache_dir: str | Path | None = None, **params: Any) -> pl.DataFrame:
-    """RDS+: the ``budget`` rows most similar to the ``target`` file(s) (mean or max cosine)."""
-    tgt = [str(t) for t in target] if isinstance(target, list) else str(target)
-    return run_in_memory(RDSPlus(budget=budget, target=tgt, aggregate=aggregate, **params), table, ctx, cache_dir)
+rds_plus = stage_function(RDSPlus, ("budget", "target", "aggregate"))

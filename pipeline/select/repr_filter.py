@@ -22,7 +22,6 @@ shard order.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,10 +35,10 @@ from pipeline.select.base import (
     candidate_mask,
     canonical_order,
     mark_selected,
-    run_in_memory,
     take_budget,
 )
-from pipeline.stages.base import Col, RunContext
+from pipeline.stages.base import Col
+from pipeline.stages.functions import stage_function
 
 
 class ReprFilterParams(VectorSelectParams):
@@ -153,10 +152,6 @@ class ReprFilter(VectorSelector):
         return dict(getattr(self, "_summary", {}))
 
 
-def repr_filter(table: Any, budget: int, score: str = "deita_score", threshold: float = 0.9, *,
-                ctx: RunContext | None = None, cache_dir: str | Path | None = None, **params: Any) -> pl.DataFrame:
-    """Deita repr filter: walk by ``score`` (descending), accept rows whose cosine to every accepted row
-    is below ``threshold``, up to ``budget``."""
-    return run_in_memory(ReprFilter(budget=budget, score=score, threshold=threshold, **params), table, ctx, cache_dir)
+repr_filter = stage_function(ReprFilter, ("budget", "score", "threshold"))
 
 

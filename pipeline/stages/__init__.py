@@ -1,7 +1,8 @@
 """Curation stages, one module each, and the registry that names them for configs.
 
 ``from pipeline.stages import length`` gives the plain function form of a stage
-(``length(table, min_response_tokens=8)``); :func:`get_stage` gives the class for a config name.
+(``length(table, min_response_tokens=8)``), for every config name (``perplexity``, ``select_top_k``,
+``kmq``, ...); ``help(length)`` lists its params. :func:`get_stage` gives the class for a config name.
 Modules are imported lazily so that ``import pipeline`` never pulls in torch or faiss.
 """
 
@@ -36,8 +37,11 @@ REGISTRY: dict[str, str] = {
     "ds2": "pipeline.select.ds2:DS2",
 }
 
-#: plain-function names exported from this package -> "module:function". Module names differ from
-#: function names on purpose: an imported submodule would otherwise shadow the function.
+#: plain-function names exported from this package -> "module:function", one per config name (selectors
+#: and LM-scoring stages included), so ``from pipeline.stages import perplexity, select_top_k`` works.
+#: Module names differ from function names on purpose: an imported submodule would otherwise shadow
+#: the function. Each function's signature and docstring list the stage's params
+#: (:func:`pipeline.stages.functions.stage_function`).
 FUNCTIONS: dict[str, str] = {
     "length": "pipeline.stages.length_filter:length",
     "heuristics": "pipeline.stages.heuristic_filter:heuristics",
@@ -47,6 +51,19 @@ FUNCTIONS: dict[str, str] = {
     "embed": "pipeline.stages.embedding:embed",
     "semantic_dedup": "pipeline.stages.semdedup:semantic_dedup",
     "cluster": "pipeline.stages.clustering:cluster",
+    "perplexity": "pipeline.scoring.perplexity:perplexity",
+    "ifd": "pipeline.scoring.ifd:ifd",
+    "deita": "pipeline.scoring.deita:deita",
+    "judge": "pipeline.scoring.judge:judge",
+    "grape": "pipeline.scoring.grape:grape",
+    "error_uncertainty": "pipeline.scoring.error_uncertainty:error_uncertainty",
+    "select_random": "pipeline.select.baseline:select_random",
+    "select_top_k": "pipeline.select.baseline:select_top_k",
+    "long_is_more": "pipeline.select.long_is_more:long_is_more",
+    "kmq": "pipeline.select.kmq:kmq",
+    "repr_filter": "pipeline.select.repr_filter:repr_filter",
+    "rds_plus": "pipeline.select.rds:rds_plus",
+    "ds2": "pipeline.select.ds2:ds2",
 }
 
 
@@ -79,6 +96,10 @@ def __getattr__(name: str) -> Any:
     if name in FUNCTIONS:
         return _load(FUNCTIONS[name])
     raise AttributeError(f"module 'pipeline.stages' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *FUNCTIONS})
 
 
 __all__ = ["REGISTRY", "available_stages", "get_stage", *FUNCTIONS]

@@ -305,15 +305,21 @@ class Stage:
         """Drop what :meth:`score_global` kept for a later :meth:`save_state` (the runner calls this
         when the run keeps no state). Default: nothing kept."""
 
-    def __call__(self, table: pl.DataFrame | pa.Table, ctx: RunContext | None = None) -> pl.DataFrame:
-        """Run the whole stage on one in-memory table: setup, score, global score, decide."""
-        df = with_decision(to_polars(table))
-        if not self._ready or ctx is not None:
-            self.setup(ctx)
-        df = self.score(df)
-        if self.scope == "global":
-            df = self.score_global(df)
-        return self.decide(df)
+    def __call__(self, table: Any, ctx: RunContext | None = None) -> Any:
+        """Run the whole stage on one in-memory table: setup, score, global score, decide. ``table`` is
+        a Polars DataFrame/LazyFrame, Arrow table, pandas DataFrame or datasets.Dataset; the result is
+        the same kind (:mod:`pipeline.frames`)."""
+        from pipeline.frames import column_hints, to_polars_like
+
+        df, back = to_polars_like(table)
+        df = with_decision(df)
+        with column_hints(self.name, df):
+            if not self._ready or ctx is not None:
+                self.setup(ctx)
+            df = self.score(df)
+            if self.scope == "global":
+                df = self.score_global(df)
+            return back(self.decide(df))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"

@@ -13,26 +13,26 @@ in ``summary_columns`` (e.g. ``deita_score``), its mean per cluster.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams, to_polars
+from pipeline.stages.base import Col, Resources, Stage, StageParams
+from pipeline.stages.functions import stage_function
 
 
 class ClusterParams(StageParams):
     k: int | None = Field(None, ge=1, description="clusters; default sqrt(kept rows / 2)")
     model: str = Field("auto", description="embedding model: auto (MiniLM on a GPU, minilm-static on CPU), an alias, pkg:NAME/path, or a local sentence-transformers/model2vec directory")
-    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
-    niter: int = Field(20, ge=1)
+    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = Field("instruction", description="text embedded: instruction, response, conversation, both, first_instruction or last_response")
+    niter: int = Field(20, ge=1, description="k-means iterations")
     spherical: bool = Field(False, description="re-normalise centroids each iteration (cosine k-means)")
     seed: int | None = Field(None, description="default: the run's seed")
     summary_columns: list[str] = Field(default_factory=list, description="score columns to average per cluster")
-    batch_size: int = Field(64, ge=1)
-    device: Literal["auto", "cpu", "cuda"] | None = None
+    batch_size: int = Field(64, ge=1, description="rows per embedding batch")
+    device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the run's device")
 
 
 class Cluster(Stage):
@@ -98,9 +98,4 @@ class Cluster(Stage):
         return {"embedding": describe_model(self.params.model, self.params.device or self.ctx.device)}
 
 
-def cluster(table: Any, k: int | None = None, *, cache_dir: str | Path | None = None, ctx: RunContext | None = None,
-            **params: Any) -> pl.DataFrame:
-    """k-means clusters of ``table``'s kept rows: adds ``cluster`` and ``centroid_dist``."""
-    if ctx is None:
-        ctx = RunContext(cache_dir=Path(cache_dir) if cache_dir is not None else None)
-    return Cluster(k=k, **params)(to_polars(table), ctx)
+cluster = stage_function(Cluster, ("k",))

@@ -36,7 +36,8 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from pipeline.dedup import HASH_SEED, normalize_text, shingle_hashes, shingles_from_words, word_hashes
-from pipeline.stages.base import Col, LocalPath, Resources, Stage, StageParams, drop_where, to_polars
+from pipeline.stages.base import Col, LocalPath, Resources, Stage, StageParams, drop_where
+from pipeline.stages.functions import stage_function
 from pipeline.text import text_expr
 
 RowView = Literal["instruction", "response", "conversation", "first_instruction", "last_response", "both"]
@@ -65,10 +66,10 @@ class DecontamParams(StageParams):
     benchmark_view: RowView = Field("instruction", description="benchmark text: instruction = question/prompt")
     min_item_words: int = Field(8, ge=1, description="shorter items only match an identical instruction")
     embedding: bool = Field(False, description="also flag rows by embedding cosine similarity")
-    embed_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    embed_threshold: float = Field(0.9, gt=0.0, le=1.0, description="with embedding: flag rows whose cosine similarity to a benchmark item is at least this")
     model: str = Field("minilm", description="embedding model for the semantic check")
     embed_view: RowView = Field("instruction", description="row text embedded for the semantic check")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="rows per embedding batch")
 
     @field_validator("benchmarks", mode="before")
     @classmethod
@@ -259,6 +260,4 @@ class Decontaminate(Stage):
                           pl.concat_str([pl.lit(f"{self.reason_prefix}:"), pl.col("decontam_match")]))
 
 
-def decontaminate(table: Any, **params: Any) -> pl.DataFrame:
-    """Drop rows overlapping the benchmark files in ``benchmarks`` (see :class:`DecontamParams`)."""
-    return Decontaminate(**params)(to_polars(table))
+decontaminate = stage_function(Decontaminate)

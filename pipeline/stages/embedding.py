@@ -19,21 +19,21 @@ computed and dropped, which is only useful to time the model. Pass ``cache_dir``
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams, to_polars
+from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams
+from pipeline.stages.functions import stage_function
 
 
 class EmbedParams(StageParams):
     model: str = Field("auto", description="auto (MiniLM on a GPU, minilm-static on CPU), an alias, pkg:NAME/path, or a local sentence-transformers/model2vec directory")
-    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = "instruction"
-    dtype: Literal["float32", "float16"] = "float32"
-    batch_size: int = Field(64, ge=1)
+    view: Literal["instruction", "response", "conversation", "both", "first_instruction", "last_response"] = Field("instruction", description="text embedded: instruction, response, conversation, both, first_instruction or last_response")
+    dtype: Literal["float32", "float16"] = Field("float32", description="dtype of the stored vectors")
+    batch_size: int = Field(64, ge=1, description="rows per embedding batch")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the run's device")
 
 
@@ -85,8 +85,4 @@ class Embed(Stage):
         return {"store": str(store.dir), "model": store.model, "vectors": len(store)} if store is not None else None
 
 
-def embed(table: Any, *, cache_dir: str | Path | None = None, ctx: RunContext | None = None, **params: Any) -> pl.DataFrame:
-    """Embed the kept rows of ``table`` into ``cache_dir``'s sidecar store; adds ``embed_model``."""
-    if ctx is None:
-        ctx = RunContext(cache_dir=Path(cache_dir) if cache_dir is not None else None)
-    return Embed(**params)(to_polars(table), ctx)
+embed = stage_function(Embed)

@@ -17,8 +17,6 @@ hash is already there is dropped as a duplicate of the earlier keeper.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import polars as pl
 from pydantic import Field
@@ -39,7 +37,8 @@ from pipeline.dedup import (
     text_series,
     write_dup_columns,
 )
-from pipeline.stages.base import Col, Resources, cols, to_polars
+from pipeline.stages.base import Col, Resources, cols
+from pipeline.stages.functions import stage_function
 
 
 class ExactParams(KeeperParams):
@@ -91,6 +90,4 @@ class ExactDedup(DedupStage):
         return out
 
 
-def exact_dedup(table: Any, **params: Any) -> pl.DataFrame:
-    """Drop exact duplicates of a normalised key (see :class:`ExactParams`) from ``table``."""
-    return ExactDedup(**params)(to_polars(table))
+exact_dedup = stage_function(ExactDedup)

@@ -23,17 +23,18 @@ from typing import Any
 import polars as pl
 from pydantic import Field, field_validator
 
-from pipeline.stages.base import Col, Stage, StageParams, drop_where, to_polars
+from pipeline.stages.base import Col, Stage, StageParams, drop_where
+from pipeline.stages.functions import stage_function
 from pipeline.text import WORD_TOKEN_PATTERN, turn_text_expr
 
 
 class LengthParams(StageParams):
     tokenizer: str = Field("words", description="'words' or a local path to a Hugging Face tokenizer or model dir")
-    min_response_tokens: int | None = Field(1, ge=0)
-    max_response_tokens: int | None = Field(None, ge=1)
-    min_instruction_tokens: int | None = Field(None, ge=0)
-    max_instruction_tokens: int | None = Field(None, ge=1)
-    max_total_tokens: int | None = Field(None, ge=1)
+    min_response_tokens: int | None = Field(1, ge=0, description="drop rows whose assistant turns have fewer tokens in all (None = no limit)")
+    max_response_tokens: int | None = Field(None, ge=1, description="drop rows whose assistant turns have more tokens in all (None = no limit)")
+    min_instruction_tokens: int | None = Field(None, ge=0, description="drop rows whose system and user turns have fewer tokens in all (None = no limit)")
+    max_instruction_tokens: int | None = Field(None, ge=1, description="drop rows whose system and user turns have more tokens in all (None = no limit)")
+    max_total_tokens: int | None = Field(None, ge=1, description="drop rows with more tokens over all messages (None = no limit)")
     min_turns: int | None = Field(None, ge=1, description="assistant turns")
     max_turns: int | None = Field(None, ge=1, description="assistant turns")
     min_reasoning_tokens: int | None = Field(None, ge=0, description="tokens of the assistant turns' reasoning traces")
@@ -146,6 +147,4 @@ class Length(Stage):
         return df
 
 
-def length(table: Any, **params: Any) -> pl.DataFrame:
-    """Add ``len_*`` columns and apply the min/max filters of :class:`LengthParams` to ``table``."""
-    return Length(**params)(to_polars(table))
+length = stage_function(Length)

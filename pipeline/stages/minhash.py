@@ -83,7 +83,8 @@ from pipeline.dedup import (
     text_series,
     write_dup_columns,
 )
-from pipeline.stages.base import Col, Resources, cols, to_polars
+from pipeline.stages.base import Col, Resources, cols
+from pipeline.stages.functions import stage_function
 
 BANDS = "_minhash_bands"
 SHINGLES = "_minhash_shingles"
@@ -369,6 +370,4 @@ class MinHashDedup(DedupStage):
         return super().decide(df).drop([BANDS, SHINGLES], strict=False)
 
 
-def minhash_dedup(table: Any, **params: Any) -> pl.DataFrame:
-    """Drop near-duplicates found by MinHash-LSH (see :class:`MinHashParams`) from ``table``."""
-    return MinHashDedup(**params)(to_polars(table))
+minhash_dedup = stage_function(MinHashDedup)

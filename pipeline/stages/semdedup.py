@@ -47,7 +47,8 @@ from pipeline.dedup import (
     response_chars,
     write_dup_columns,
 )
-from pipeline.stages.base import Col, Resources, cols, to_polars
+from pipeline.stages.base import Col, Resources, cols
+from pipeline.stages.functions import stage_function
 
 #: similarity blocks are at most this many float32 entries (256 MB)
 _BLOCK_ENTRIES = 1 << 26
@@ -58,12 +59,12 @@ class SemDedupParams(KeeperParams):
         "auto", description="centroid: farthest from the cluster centroid first (the paper); see KeeperParams"
     )
     model: str = Field("auto", description="embedding model: auto (MiniLM on a GPU, minilm-static on CPU), an alias, pkg:NAME/path, or a local sentence-transformers/model2vec directory")
-    view: Literal["instruction", "response", "conversation", "first_instruction", "last_response", "both"] = "instruction"
+    view: Literal["instruction", "response", "conversation", "first_instruction", "last_response", "both"] = Field("instruction", description="text embedded: instruction, response, conversation, first_instruction, last_response or both")
     eps: float = Field(0.05, gt=0.0, lt=1.0, description="rows with cosine similarity > 1 - eps are duplicates")
     n_clusters: int | None = Field(None, ge=1, description="k-means clusters (default sqrt(n/2))")
     niter: int = Field(20, ge=1, description="k-means iterations")
-    seed: int = Field(0, ge=0)
-    batch_size: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0, description="k-means seed")
+    batch_size: int = Field(64, ge=1, description="rows per embedding batch")
     gpu: Literal["auto", "cpu", "cuda"] = Field("auto", description="faiss k-means device")
 
 
@@ -250,6 +251,4 @@ class SemanticDedup(DedupStage):
         return res, max_sim
 
 
-def semantic_dedup(table: Any, **params: Any) -> pl.DataFrame:
-    """Drop semantic near-duplicates (SemDeDup, see :class:`SemDedupParams`) from ``table``."""
-    return SemanticDedup(**params)(to_polars(table))
+semantic_dedup = stage_function(SemanticDedup)

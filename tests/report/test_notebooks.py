@@ -110,3 +110,41 @@ def test_compare_runs_notebook(full_run: Path, rerun: Path, kernel: str, tmp_pat
     assert "data:image/png;base64," in html_of(nb, "R.plot_selection_overlap")
     assert "data:image/png;base64," in html_of(nb, "R.plot_score_shifts")
     assert "<table" in html_of(nb, "cmp.transitions")
+
+
+def _default_run_cells(name: str) -> str:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    tagged = [c.source for c in nb.cells if {"parameters", "default-run"} & set(c.metadata.get("tags", []))]
+    assert len(tagged) == 2, name
+    return "\n".join(tagged)
+
+
+def test_notebooks_default_to_the_newest_runs(real_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As shipped (no parameters injected) the notebooks open the newest complete runs under runs/."""
+    import os
+
+    from pipeline.config import load_config
+    from pipeline.engine import run
+
+    runs = tmp_path / "runs"
+    cfg = load_config({"run": {"name": "nb", "shard_rows": 500, "device": "cpu"},
+                       "sources": [{"path": str(real_dir / "gsm8k_test.jsonl.gz")}],
+                       "stages": [{"stage": "length"}]})
+    older = run(cfg, out=runs, run_id="night-1").run_dir
+    newer = run(cfg, out=runs / "nested", run_id="night-2").run_dir
+    unfinished = run(cfg, out=runs, run_id="night-3").run_dir  # newest, but not complete: skipped
+    os.utime(older / "manifest.json", (1_000_000_000, 1_000_000_000))
+    m = json.loads((unfinished / "manifest.json").read_text())
+    (unfinished / "manifest.json").write_text(json.dumps({**m, "status": "running"}))
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # Jupyter opened in notebooks/ finds ../runs
+    ns: dict[str, Any] = {}
+    exec(_default_run_cells("inspect_run.ipynb"), ns)
+    assert Path(ns["run_dir"]) == newer.resolve()
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(_default_run_cells("compare_runs.ipynb"), ns)
+    assert (Path(ns["run_a"]), Path(ns["run_b"])) == (older.resolve(), newer.resolve())
+    monkeypatch.chdir(newer)  # no runs/ here or one level up
+    with pytest.raises(FileNotFoundError, match="curate run"):
+        exec(_default_run_cells("inspect_run.ipynb"), {})

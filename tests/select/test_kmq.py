@@ -84,3 +84,26 @@ def test_token_budget_candidates_and_null_scores(t0_pool: pl.DataFrame, emb_cach
     assert out.filter(~pl.col("keep"))["selected"].is_null().all()
     with pytest.raises(ValueError, match="not in table"):
         select.kmq(pool, budget=5, score="nope", cache_dir=emb_cache)
+
+
+def test_score_order_asc_makes_lower_scores_better(t0_pool: pl.DataFrame, emb_cache: Path) -> None:
+    """A perplexity-like column (lower is better) as kMQ's quality with ``score_order: asc``."""
+    tasks = t0_pool["task"].value_counts().filter(pl.col("count") >= 12)["task"].sort().to_list()[:6]
+    pool = t0_pool.filter(pl.col("task").is_in(tasks))
+    good = set(tasks[:3])  # low perplexity; inside a task, longer responses have lower perplexity
+    pool = pool.with_columns(
+        (pl.when(pl.col("task").is_in(list(good))).then(5.0).otherwise(20.0) - pl.col("len_response_tokens") * 1e-6)
+        .alias("ppl"))
+    asc = select.kmq(pool, budget=18, score="ppl", score_order="asc", cluster_column="task", seed=0, cache_dir=emb_cache)
+    got = picked(asc)
+    assert got.height == 18 and got["task"].is_in(list(good)).all()
+    for t in good:
+        sel = got.filter(pl.col("task") == t)["ppl"]
+        rest = asc.filter((pl.col("task") == t) & ~pl.col("selected"))["ppl"]
+        if sel.len() and rest.len():
+            assert sel.max() <= rest.min()  # lowest perplexity first inside a cluster
+    desc = picked(select.kmq(pool, budget=18, score="ppl", cluster_column="task", seed=0, cache_dir=emb_cache))
+    # the default (higher is better) reads it the other way: budgets 20:5 for the high-perplexity tasks
+    assert desc["task"].is_in(list(good)).sum() <= 18 * 5 // 25 + 1
+    with pytest.raises(ValueError, match="score_order"):
+        select.kmq(pool, budget=5, score="ppl", score_order="lower", cache_dir=emb_cache)

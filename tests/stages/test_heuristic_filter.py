@@ -80,3 +80,33 @@ def test_rep_ngram_ratio_matches_a_python_reference(lists, n) -> None:
 
     got = rep_ngram_ratio(pl.Series(lists, dtype=pl.List(pl.String)), n).to_list()
     assert got == pytest.approx([ref(w) for w in lists])
+
+
+def test_short_code_answers_are_kept_and_junk_is_dropped(real_dir: Path) -> None:
+    """The symbol-ratio rule is code-aware: Code Alpaca's regex and literal answers (ratio 0.65-0.85)
+    and every HumanEval solution are kept; real junk of ShareGPT and AlpacaEval is still dropped."""
+    code = pl.concat([read_table(str(real_dir / f))[0] for f in ("code_alpaca_2k.json.gz", "humaneval.jsonl.gz")])
+    out = heuristics(code)
+    last = pl.col("messages").list.last().struct.field("content")
+    sym = out.filter(pl.col("drop_reason").str.starts_with("heuristics:non_alnum").fill_null(False))
+    assert sym.height <= 2, sym.select(last).to_series().to_list()  # was 20 before the rule was code-aware
+    exempt = out.filter(pl.col("heur_code_like") & (pl.col("heur_non_alnum_ratio") > 0.6))
+    answers = exempt.select(last).to_series().to_list()
+    assert exempt.height >= 15 and exempt["keep"].sum() >= 15
+    assert not exempt["drop_reason"].str.contains("non_alnum").fill_null(False).any()
+    assert "^[0-9]{3}$" in answers and "[4]" in answers  # a regex, an array literal
+    # the rule as it was (code_aware off) drops those same answers: the test can fail
+    strict = heuristics(code, code_aware=False)
+    kept_ids = exempt.filter(pl.col("keep"))["id"].implode()
+    assert strict.filter(pl.col("id").is_in(kept_ids))["drop_reason"].str.starts_with("heuristics:non_alnum").all()
+    # real junk: zero-width spaces, emoji strings, ";)" as answers (ShareGPT, AlpacaEval)
+    chat = pl.concat([read_table(str(real_dir / "sharegpt_17k.parquet"))[0].head(6000),
+                      read_table(str(real_dir / "alpaca_eval_judged.parquet"))[0]], how="diagonal_relaxed")
+    junk = heuristics(chat).filter(pl.col("drop_reason").str.starts_with("heuristics:non_alnum").fill_null(False))
+    texts = junk.select(last).to_series().to_list()
+    assert "\u200b" in texts and any(t.strip() and all(ord(c) > 0x2000 for c in t.strip()) for t in texts)
+    assert junk.height >= 40 and not junk["heur_code_like"].any()
+    # a code-like bar, when set, applies to code-like responses only
+    capped = heuristics(code, max_non_alnum_ratio_code=0.7)
+    hit = capped.filter(pl.col("drop_reason").str.starts_with("heuristics:code_non_alnum_ratio>0.7").fill_null(False))
+    assert hit.height and (hit["heur_non_alnum_ratio"] > 0.7).all() and hit["heur_code_like"].all()
