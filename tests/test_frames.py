@@ -48,7 +48,8 @@ def test_canonicalize_matches_reading_the_file(real_dir: Path, raw_records: list
 def test_canonicalize_messages_lists_and_formats(real_dir: Path) -> None:
     conv = [{"role": "user", "content": "Write a regex for three digits."}, {"role": "assistant", "content": "^\\d{3}$"}]
     one = pipeline.canonicalize(conv)
-    assert one.height == 1 and one["messages"].to_list()[0] == conv
+    role_content = [{k: m[k] for k in ("role", "content")} for m in one["messages"].to_list()[0]]
+    assert one.height == 1 and role_content == conv  # the other message fields (tool calls, ...) are null
     two = pipeline.canonicalize([conv, conv[:1] + [{"role": "assistant", "content": "[0-9]{3}"}]])
     assert two.height == 2 and two["id"].n_unique() == 2
     with gzip.open(real_dir / "fastchat_dummy_conversation.json.gz") as f:
@@ -124,7 +125,7 @@ def test_columns_that_came_in_keep_their_types(raw_records: list[dict]) -> None:
     import datasets
 
     canon = pipeline.canonicalize(raw_records[:50])
-    ds = datasets.Dataset.from_list(canon.drop("meta").to_dicts())
+    ds = datasets.Dataset.from_list(canon.drop("meta", strict=False).to_dicts())
     out = length(ds)
     assert {k: out.features[k] for k in ds.features} == ds.features
     assert datasets.concatenate_datasets([ds, out.select_columns(ds.column_names)]).num_rows == 100

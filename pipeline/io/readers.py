@@ -485,7 +485,8 @@ def user_array(values: list[Any], type_: pa.DataType | None = None) -> pa.Array:
 class _BatchBuilder:
     def __init__(self, source: str, spec: SourceSpec | None = None) -> None:
         self.source = source
-        self.think = think_regex(spec.think_tags) if spec is None or spec.reasoning == "auto" else None
+        self.think = (think_regex(THINK_TAGS if spec is None else spec.think_tags)
+                      if spec is None or spec.reasoning == "auto" else None)
         self.ids: list[str] = []
         self.rows: list[int] = []
         self.msgs: list[list[dict[str, Any]]] = []

@@ -310,16 +310,21 @@ class Stage:
         a Polars DataFrame/LazyFrame, Arrow table, pandas DataFrame or datasets.Dataset; the result is
         the same kind (:mod:`pipeline.frames`)."""
         from pipeline.frames import column_hints, to_polars_like
+        from pipeline.schema import conform_messages
 
         df, back = to_polars_like(table)
-        df = with_decision(df)
+        given = df["messages"] if "messages" in df.columns else None
+        df = with_decision(conform_messages(df))  # role/content-only messages get the other fields
         with column_hints(self.name, df):
             if not self._ready or ctx is not None:
                 self.setup(ctx)
             df = self.score(df)
             if self.scope == "global":
                 df = self.score_global(df)
-            return back(self.decide(df))
+            out = self.decide(df)
+        if given is not None and given.dtype != out["messages"].dtype:
+            out = out.with_columns(given)  # stages never change messages: hand back the caller's own type
+        return back(out)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
