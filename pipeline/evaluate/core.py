@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.evaluate.arms import Candidates, draw, file_candidates, run_candidates
 from pipeline.evaluate.errors import EvaluationError
 from pipeline.evaluate.stats import paired_bootstrap, seed_interval
-from pipeline.evaluate.targets import load_accuracy_target, load_target
+from pipeline.evaluate.targets import load_accuracy_target, load_target, resolve_target
 
 EVALUATION_FILE = "evaluation.json"
 BASELINES = ("random", "longest", "uncurated")
@@ -58,6 +58,7 @@ class EvalSettings(BaseModel):
     targets: list[str] = Field(default_factory=lambda: ["gsm8k", "alpaca_eval", "humaneval"],
                                description="built-in names or files (name=path) the readers accept")
     target_items: int | None = Field(200, ge=1, description="first N usable items per target (None: all)")
+    items_per_target: dict[str, int] = Field(default_factory=dict, description="target name -> N, overrides target_items")
     accuracy: str | None = Field("gsm8k", description="exact-match target (GSM8K-style '#### N' answers); None: off")
     accuracy_items: int = Field(50, ge=0, description="questions scored by greedy generation (0: off)")
     max_new_tokens: int = Field(256, ge=1)
@@ -118,7 +119,7 @@ def evaluate(runs: list[str | Path], arms: list[str] | tuple[str, ...] = (),
     work.mkdir(parents=True, exist_ok=True)
 
     # 1. targets (cheap; a file without usable rows fails here)
-    targets = [load_target(t, st.target_items) for t in st.targets]
+    targets = [load_target(t, st.items_per_target.get(resolve_target(t)[0], st.target_items)) for t in st.targets]
     acc = load_accuracy_target(st.accuracy, st.accuracy_items) if st.accuracy and st.accuracy_items else None
     names = [t.name for t in targets] + ([acc.name] if acc else [])
     if len(set(names)) != len(names):
