@@ -13,8 +13,9 @@ A controlled pool from the real data in ../shared/data/real, with known defects 
 It is curated by a realistic config (length rules, heuristics, exact and MinHash dedup,
 decontamination against GSM8K test and HumanEval, kMQ diversity selection over MiniLM embeddings at
 the budget) and evaluated with :func:`pipeline.evaluate.evaluate`: the kMQ selection, seeded random
-subsets of the kept rows, seeded draws of the uncurated pool, and a controlled contamination pair:
-``uncurated_s0`` (the seed-0 uncurated draw as a file arm) against ``contaminated`` (the same rows
+subsets of the kept rows (``--baselines`` adds ``longest`` and per-seed ``uncurated`` draws), and a
+controlled contamination pair:
+``uncurated_s0`` (a seeded draw of the uncurated pool without the planted rows, as a file arm) against ``contaminated`` (the same rows
 with ``--contaminate`` of them replaced by planted test items), whose GSM8K-test NLL difference
 (all evaluation items, and the planted ones alone) is what the contamination buys.
 
@@ -70,7 +71,7 @@ def build_pool(d: Path, n_eval: int, planted: int, seed: int = 0) -> dict[str, P
     good, bad = [], []
     for r in sols[n_eval + 200: n_eval + 500]:
         for key in ("175b_verification", "175b_finetuning", "6b_verification", "6b_finetuning"):
-            s = ast.literal_eval(r[key])
+            s = r[key] if isinstance(r[key], dict) else ast.literal_eval(r[key])
             (good if s["is_correct"] else bad).append({"question": r["question"], "answer": s["solution"]})
     rng.shuffle(good)
     rng.shuffle(bad)
@@ -139,18 +140,19 @@ def contamination_arms(run_dir: Path, d: Path, budget: int, contaminate: int, pl
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--budget", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--budget", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--max-length", type=int, default=160)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--n-eval", type=int, default=40, help="GSM8K test evaluation items")
-    ap.add_argument("--planted", type=int, default=20, help="evaluation items planted in the pool")
-    ap.add_argument("--contaminate", type=int, default=8, help="planted items in the contaminated arm")
-    ap.add_argument("--target-items", type=int, default=20, help="AlpacaEval and HumanEval items")
-    ap.add_argument("--accuracy-items", type=int, default=10)
+    ap.add_argument("--n-eval", type=int, default=16, help="GSM8K test evaluation items")
+    ap.add_argument("--planted", type=int, default=8, help="evaluation items planted in the pool")
+    ap.add_argument("--contaminate", type=int, default=4, help="planted items in the contaminated arm")
+    ap.add_argument("--target-items", type=int, default=5, help="AlpacaEval and HumanEval items")
+    ap.add_argument("--accuracy-items", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--baselines", default="random", help="comma-separated: random,longest,uncurated")
     ap.add_argument("--out")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -164,25 +166,28 @@ def main() -> None:
     sh = pl.read_parquet(list((run_dir / "shards").glob("*.parquet")))
     by_src = sh.group_by("source").agg(pl.len().alias("rows"), pl.col("keep").sum().alias("kept"),
                                        (pl.col("keep") & pl.col("selected").fill_null(False)).sum().alias("selected"))
-    print(f"pool: {m['counts']}\n{by_src.sort('source')}", flush=True)
+    c = m["counts"]
+    print(f"pool: read {c['read']} kept {c['kept']} selected {c['selected']}; dropped by stage "
+          f"{c['dropped_by_stage']}\n{by_src.sort('source')}", flush=True)
     from pipeline.evaluate import evaluate, format_table
 
     arms = contamination_arms(run_dir, d, args.budget, args.contaminate, files["planted"])
     targets = [f"gsm8k_test={files['gsm8k_eval']}", "alpaca_eval", "humaneval"]
-    doc = evaluate([run_dir], arms, baselines=["random", "uncurated"], seeds=[int(x) for x in args.seeds.split(",")],
+    doc = evaluate([run_dir], arms, baselines=[b for b in args.baselines.split(",") if b], seeds=[int(x) for x in args.seeds.split(",")],
                    steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, learning_rate=args.lr,
                    budget=args.budget, targets=targets, target_items=args.target_items,
                    items_per_target={"gsm8k_test": args.n_eval}, accuracy="gsm8k",
                    accuracy_items=args.accuracy_items, max_new_tokens=args.max_new_tokens,
                    log=lambda x: print(x, flush=True))
     print(format_table(doc))
-    # contamination: the pair differs only in the planted rows
-    ms = {mm["arm"]: mm for mm in doc["models"] if mm["seed"] == 0}
-    a = np.array(ms["uncurated_s0"]["scores"]["gsm8k_test"]["items"])
-    b = np.array(ms["contaminated"]["scores"]["gsm8k_test"]["items"])
+    # contamination: the pair differs only in the planted rows; per item, averaged over the seeds
+    def items(arm: str) -> np.ndarray:
+        return np.mean([mm["scores"]["gsm8k_test"]["items"] for mm in doc["models"] if mm["arm"] == arm], axis=0)
+
+    a, b = items("uncurated_s0"), items("contaminated")
     k = args.contaminate
-    print(f"\ncontamination ({k} of {args.budget} rows are GSM8K test items; seed 0):")
-    print(f"  gsm8k_test NLL all {len(a)} items: uncurated {a.mean():.4f} contaminated {b.mean():.4f} "
+    print(f"\ncontamination ({k} of {args.budget} rows are GSM8K test evaluation items; mean over seeds):")
+    print(f"  gsm8k_test NLL, all {len(a)} items: uncurated_s0 {a.mean():.4f} contaminated {b.mean():.4f} "
           f"(diff {b.mean() - a.mean():+.4f})")
     print(f"  the {k} planted items: {a[:k].mean():.4f} -> {b[:k].mean():.4f} (diff {b[:k].mean() - a[:k].mean():+.4f});"
           f" the other {len(a) - k}: {a[k:].mean():.4f} -> {b[k:].mean():.4f} (diff {b[k:].mean() - a[k:].mean():+.4f})")
