@@ -154,13 +154,18 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--baselines", default="random", help="comma-separated: random,longest,uncurated")
     ap.add_argument("--out")
+    ap.add_argument("--reuse", action="store_true", help="reuse the curated run in --out if it is complete")
     args = ap.parse_args()
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     d = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="downstream-"))
     d.mkdir(parents=True, exist_ok=True)
     files = build_pool(d, args.n_eval, args.planted)
-    run_dir = curate(d, files, args.budget)
+    prev = d / "runs" / "pool"
+    if args.reuse and (prev / "manifest.json").exists() and json.loads((prev / "manifest.json").read_text())["status"] == "complete":
+        run_dir = prev
+    else:
+        run_dir = curate(d, files, args.budget)
     t_cur = time.perf_counter() - t0
     m = json.loads((run_dir / "manifest.json").read_text())
     sh = pl.read_parquet(list((run_dir / "shards").glob("*.parquet")))

@@ -177,7 +177,7 @@ def evaluate(runs: list[str | Path], arms: list[str] | tuple[str, ...] = (),
 
     from pipeline.evaluate.score import exact_match, nll
 
-    def score_all(model: Any) -> dict[str, Any]:
+    def score_all(model: Any) -> tuple[dict[str, Any], float]:
         res: dict[str, Any] = {}
         t = time.perf_counter()
         for tg in targets:
