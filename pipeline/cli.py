@@ -224,6 +224,36 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``curate evaluate``: fine-tune on each arm and score the targets (pipeline.evaluate)."""
+    from pipeline.evaluate import EvaluationError, evaluate, format_table
+
+    over = {k: getattr(args, k) for k in ("model", "budget", "steps", "epochs", "batch_size", "grad_accum",
+                                         "learning_rate", "max_length", "target_items", "accuracy_items",
+                                         "max_new_tokens", "device")}
+    if args.seeds:
+        over["seeds"] = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if args.target:
+        over["targets"] = args.target
+    if args.baselines is not None:
+        over["baselines"] = [b for b in args.baselines.split(",") if b.strip()]
+    if args.lora:
+        over["lora"] = True
+    if args.no_base:
+        over["base"] = False
+    if args.accuracy is not None:
+        over["accuracy"] = args.accuracy or None
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        doc = evaluate(args.runs, args.arm or [], out=args.out, log=log, **over)
+    except EvaluationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(doc))
+    print(f"\nwrote {doc['path']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="curate", description="Curate instruction-tuning datasets.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
@@ -262,6 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stages", help="list the stages, or one stage's params with defaults and meaning")
     st.add_argument("name", nargs="?")
     st.set_defaults(fn=cmd_stages)
+    ev = sub.add_parser("evaluate", help="fine-tune on each selection and random baselines; score held-out targets")
+    ev.add_argument("runs", nargs="+", help="run directories; the first gives the selection and the baselines")
+    ev.add_argument("--arm", action="append", help="another arm: a run directory or a data file (NAME=PATH)")
+    ev.add_argument("--target", action="append", help="gsm8k, alpaca_eval, humaneval or a file (NAME=PATH); repeatable")
+    ev.add_argument("--model", help="base model: alias, local HF directory or .gguf (default smollm2)")
+    ev.add_argument("--budget", type=int, help="rows per arm (default: the first run's selection size)")
+    ev.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    ev.add_argument("--baselines", help="comma-separated subset of random,longest,uncurated ('' for none)")
+    ev.add_argument("--steps", type=int)
+    ev.add_argument("--epochs", type=float)
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--grad-accum", type=int)
+    ev.add_argument("--learning-rate", "--lr", type=float)
+    ev.add_argument("--max-length", type=int)
+    ev.add_argument("--lora", action="store_true")
+    ev.add_argument("--target-items", type=int, help="first N items of each target")
+    ev.add_argument("--accuracy", help="exact-match target (default gsm8k; '' turns it off)")
+    ev.add_argument("--accuracy-items", type=int, help="GSM8K questions answered by greedy generation")
+    ev.add_argument("--max-new-tokens", type=int)
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--no-base", action="store_true", help="do not score the untuned base")
+    ev.add_argument("--out", help="directory for evaluation.json (default: the first run's)")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(fn=cmd_evaluate)
     return ap
 
 

@@ -306,6 +306,9 @@ def render_report(run: Run | str | Path, charts: Sequence[Chart] | None = None) 
     sections.append(("selection", "Selected vs not selected", _selection_section(run)))
     sections.append(("examples", "Examples per drop reason", examples_html(drop_examples(run))))
     sections.append(("rejected", "Rejected rows", reject_examples_html(reject_examples(run))))
+    evaluated = _evaluation_section(run.path)
+    if evaluated is not None:
+        sections.append(("evaluation", "Proof by training (curate evaluate)", evaluated))
     if missing:
         sections.append(("missing", "What this run does not have",
                          "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in missing) + "</ul>"))
@@ -347,3 +350,15 @@ def write_report(run_dir: str | Path) -> Path:
     manifest["figures"] = figures
     write_json_atomic(manifest, run.path / "manifest.json")
     return out
+
+
+def _evaluation_section(run_dir: Path) -> str | None:
+    """The ``curate evaluate`` comparison of an evaluated run (None when it was not evaluated, or the
+    training extra that reads it is not installed)."""
+    if not (run_dir / "evaluation.json").is_file():
+        return None
+    try:
+        from pipeline.evaluate import evaluation_section_html
+    except ImportError:
+        return None
+    return evaluation_section_html(run_dir)
