@@ -99,7 +99,7 @@ def build_pool(d: Path, n_eval: int, planted: int, seed: int = 0) -> dict[str, P
 
 
 def curate(d: Path, files: dict[str, Path], budget: int) -> Path:
-    from pipeline.runner import run
+    from pipeline.engine import run
 
     from pipeline.config import load_config
 

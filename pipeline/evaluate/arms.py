@@ -108,10 +108,10 @@ def export_pool(run_dir: Path, work: Path) -> tuple[pl.DataFrame, dict[str, Any]
 
 
 def _selectors(run_dir: Path) -> list[str]:
-    from pipeline.export import _is_selector
+    from pipeline.export.card import _is_selector
 
     m = json.loads((run_dir / "manifest.json").read_text())
-    return [s["name"] for s in m.get("stages", []) if _is_selector(s["name"], s.get("params", {}))]
+    return [s["name"] for s in m.get("stages", []) if _is_selector(s["name"], s.get("params", {}), s.get("contract"))]
 
 
 def _msgs(df: pl.DataFrame) -> list[Messages]:

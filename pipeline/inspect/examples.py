@@ -93,10 +93,10 @@ def _benchmark_items(run: Run, matches: Sequence[str], max_chars: int) -> dict[s
             rows, _rej = read_table(path, fmt=fmt, name=name)
         except Exception:  # an unreadable benchmark only costs the example its right-hand side
             continue
-        meta = pl.col("meta").fill_null("{}")
+        from pipeline.stages.decontam import item_id_expr
+
         hit = rows.select(
-            pl.coalesce(meta.str.json_path_match("$.id"), meta.str.json_path_match("$.task_id"),
-                        pl.col("source_row").cast(pl.String)).alias("_item"),
+            item_id_expr(rows.columns).alias("_item"),
             _clip(text_expr("instruction"), max_chars).alias("i"), _clip(text_expr("response"), max_chars).alias("r"),
         ).filter(pl.col("_item").is_in(list(items)))
         for item, i, r in hit.iter_rows():

@@ -44,7 +44,7 @@ LENGTH_PLOTS: tuple[tuple[str, str], ...] = (
     ("len_instruction_tokens", "instruction tokens"),
     ("len_turns", "assistant turns"),
 )
-TEXT_COLUMNS: tuple[str, ...] = ("messages", "meta")
+TEXT_COLUMNS: tuple[str, ...] = ("messages", "tools")
 SELECTION_COLUMNS: tuple[str, ...] = ("selected", "select_reason", "select_rank")
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pipeline.runner import run
+from pipeline.engine import run
 
 from pipeline.cli import main
 from pipeline.config import load_config
