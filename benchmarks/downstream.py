@@ -99,9 +99,8 @@ def build_pool(d: Path, n_eval: int, planted: int, seed: int = 0) -> dict[str, P
 
 
 def curate(d: Path, files: dict[str, Path], budget: int) -> Path:
-    from pipeline.engine import run
-
     from pipeline.config import load_config
+    from pipeline.engine import run
 
     sources = [{"path": str(p), "name": n} for n, p in files.items() if n != "gsm8k_eval"]
     cfg = load_config({

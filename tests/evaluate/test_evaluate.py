@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
-from pipeline.engine import run
 
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.engine import run
 from pipeline.evaluate import EvaluationError, evaluate, evaluation_section_html, load_evaluation
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"

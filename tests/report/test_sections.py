@@ -13,7 +13,7 @@ from pipeline import inspect as R
 
 
 def shards(run_dir: Path) -> pl.DataFrame:
-    return pl.read_parquet(run_dir / "shards" / "*.parquet").drop("messages", "meta")
+    return pl.read_parquet(run_dir / "shards" / "*.parquet").drop("messages", "tools", strict=False)
 
 
 def test_params_table_is_every_param_flattened(full_run: Path) -> None:
