@@ -183,6 +183,11 @@ def run_night(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, ma
     cut = next((i for i, s in enumerate(stages) if s.is_selector), len(stages))
     base_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={
         "state_in": ledger.state_dir, "save_state": True})})
+    from pipeline.config import ConfigError, _check_stage_chain
+
+    problems = _check_stage_chain(base_cfg)  # nights keep state: a stateful stage twice is an error here
+    if problems:
+        raise ConfigError("invalid config for incremental runs\n  " + "\n  ".join(problems))
     ctx = make_context(base_cfg, run_dir, cache_dir=layout.sidecars)
     plan_a = build_plan(stages[:cut], ctx, store.root)
     plan_b = build_plan(stages[cut:], replace(ctx, state_in=None), store.root, start_index=cut)
