@@ -23,6 +23,9 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
+	# the static embedding model (the CPU default of the vector stages): distilled once per machine from
+	# the shipped MiniLM (~2 min the first time, nothing after)
+	$(BIN)/curate distill
 	$(BIN)/curate run configs/demo.yaml
 	$(BIN)/curate inspect $$(ls -dt runs/demo-* | head -1)
 

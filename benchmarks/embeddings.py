@@ -412,7 +412,7 @@ def c_select(work: str, n: str, model: str) -> dict[str, Any]:
     store = EmbeddingStore(store_dir, model=model, view="instruction")
     ids = store._state.index["id"] if len(store) else pl.Series("id", [], pl.String)
     df = pl.DataFrame({"id": ids, "keep": [True] * len(ids), "source": ["pool"] * len(ids),
-                       "source_row": np.arange(len(ids)), "response_chars": np.zeros(len(ids), np.int64)})
+                       "source_row": np.arange(len(ids)), "len_response_chars": np.zeros(len(ids), np.int64)}).with_columns(pl.lit(None, pl.String).alias("drop_reason"))
     t1 = time.perf_counter()
     out = run_in_memory(SemanticDedup(model=model, eps=0.05, keeper="first"), df, cache_dir=store_dir)
     t_sem = time.perf_counter() - t1
