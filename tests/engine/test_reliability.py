@@ -189,3 +189,23 @@ def test_an_interrupted_local_run_stops_at_once_and_says_so(tmp_path: Path, sig:
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
     with DirLock(run_dir, "run i1"):
         pass
+
+
+def test_a_checkpoint_replaced_by_another_of_the_same_size_changes_the_keys(tmp_path: Path) -> None:
+    """Model ids and stage keys hash the weights' content: a checkpoint replaced at the same path by
+    another of the same size (what once kept stale perplexities) gets a new id and a new key."""
+    from pipeline.engine.keys import stage_input_key
+    from pipeline.models import resolve_model
+    from pipeline.stages import get_stage
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"model_type": "llama"}')
+    (ckpt / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+    st = get_stage("perplexity")({"model": str(ckpt)})
+    id1, key1 = resolve_model(str(ckpt)).model_id, stage_input_key(st)
+    time.sleep(0.01)
+    (ckpt / "model.safetensors").write_bytes(bytes(reversed(range(256))) * 64)  # same size, other weights
+    id2, key2 = resolve_model(str(ckpt)).model_id, stage_input_key(st)
+    assert id1 != id2 and key1 != key2
+    assert resolve_model(str(ckpt)).model_id == id2  # stable while untouched
