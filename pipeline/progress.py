@@ -75,29 +75,28 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def expect(name: str, units: int) -> None:
-    """``units`` more units of task ``name`` are coming."""
-    if not _SINKS or units <= 0:
+def _update(name: str, total: int = 0, done: int = 0) -> None:
+    """Add ``total`` expected and ``done`` finished units to task ``name`` (created on first use)."""
+    if not _SINKS or (total <= 0 and done <= 0):
         return
     with _LOCK:
         t = _TASKS.get(name)
         if t is None:
             t = _TASKS[name] = Task(name, started=time.monotonic())
-        t.total += int(units)
-    _emit(t, force=False)
+        t.total += max(int(total), 0)
+        t.done += max(int(done), 0)
+        t.total = max(t.total, t.done)
+    _emit(t, force=done > 0 and t.done >= t.total)
+
+
+def expect(name: str, units: int) -> None:
+    """``units`` more units of task ``name`` are coming."""
+    _update(name, total=units)
 
 
 def advance(name: str, units: int) -> None:
     """``units`` units of task ``name`` are done."""
-    if not _SINKS or units <= 0:
-        return
-    with _LOCK:
-        t = _TASKS.get(name)
-        if t is None:
-            t = _TASKS[name] = Task(name, started=time.monotonic())
-        t.done += int(units)
-        t.total = max(t.total, t.done)
-    _emit(t, force=t.done >= t.total)
+    _update(name, done=units)
 
 
 _LOCAL = threading.local()

@@ -164,16 +164,10 @@ def run_candidates(run_dir: Path, work: Path, with_baselines: bool, name: str | 
 
 def file_candidates(spec: str) -> Candidates:
     """A user arm from a file the readers accept (``name=path`` or ``path``): first rows in file order."""
+    from pipeline.evaluate.targets import named_path
     from pipeline.io.readers import read_table
 
-    name, sep, p = spec.partition("=")
-    if not sep:
-        name, p = "", spec
-    path = Path(p).expanduser()
-    if not path.exists():
-        raise EvaluationError(f"arm {spec!r}: {path} not found")
-    if not name:
-        name = path.name.split(".")[0]
+    name, path = named_path(spec, f"arm {spec!r}")
     try:
         rows, _rej = read_table(str(path))
     except Exception as e:

@@ -79,15 +79,18 @@ def resolve_target(spec: str) -> tuple[str, Path]:
         if not path.exists():
             raise EvaluationError(f"built-in target {spec!r} needs {path}, which is missing from this installation")
         return spec, path
+    return named_path(spec, f"target {spec!r}", f" (built-in targets: {', '.join(BUILTIN_TARGETS)})")
+
+
+def named_path(spec: str, what: str, hint: str = "") -> tuple[str, Path]:
+    """``name=path`` or ``path`` -> (name, existing path); the name defaults to the file name's stem."""
     name, sep, p = spec.partition("=")
     if not sep:
         name, p = "", spec
     path = Path(p).expanduser()
     if not path.exists():
-        raise EvaluationError(f"target {spec!r}: file {path} not found (built-in targets: {', '.join(BUILTIN_TARGETS)})")
-    if not name:
-        name = path.name.split(".")[0]
-    return name, path
+        raise EvaluationError(f"{what}: file {path} not found{hint}")
+    return name or path.name.split(".")[0], path
 
 
 def file_sha256(path: Path) -> str:
