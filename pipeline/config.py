@@ -73,6 +73,10 @@ class SourceConfig(_Strict):
     think_tags: tuple[str, str] = Field(THINK_TAGS, description="the opening and closing tag of a think block")
     max_record_mb: float | None = Field(None, gt=0, description="this source's run.max_record_mb")
     max_depth: int | None = Field(None, ge=1, le=254, description="this source's run.max_depth")
+    limit: int | None = Field(None, ge=1, description="read only the first N records (a try-out on a slice; "
+                              "read counts only those)")
+    sample: float | None = Field(None, gt=0, le=1, description="read only this seeded fraction of the records "
+                                 "(by record index and run.seed; read counts only those)")
 
 
 class ScheduleSettings(_Strict):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Config
@@ -16,7 +17,7 @@ from pipeline.engine.chains import ShardChain
 from pipeline.engine.keys import STORE_VERSION, hkey, package_version
 from pipeline.engine.store import WorkStore
 from pipeline.io.fingerprint import file_fingerprint
-from pipeline.io.readers import SourceSpec, read_source
+from pipeline.io.readers import Batch, SourceSpec, read_source
 from pipeline.io.shards import ShardWriter
 from pipeline.schema import CANONICAL
 
@@ -34,6 +35,15 @@ def ingest_source(spec: SourceSpec, out_dir: Path, rejects_dir: Path, shard_rows
     fmt = None
     t0 = time.perf_counter()
     for batch in read_source(spec, batch_rows):
+        if spec.limit is not None or spec.sample is not None:
+            batch, done = _slice(batch, spec)
+            if done:
+                writer.write(batch.rows)
+                rj.write(batch.rejects)
+                read += batch.n_read
+                rejected += batch.rejects.num_rows
+                fmt = batch.format or fmt
+                break
         writer.write(batch.rows)
         rj.write(batch.rejects)
         read += batch.n_read
@@ -60,6 +70,29 @@ def ingest_source(spec: SourceSpec, out_dir: Path, rejects_dir: Path, shard_rows
     }
 
 
+def _slice(batch: Batch, spec: SourceSpec) -> tuple[Batch, bool]:
+    """The records of ``batch`` inside the source's ``limit``/``sample`` (rows and rejects alike, so
+    read = kept + dropped + rejected holds for the slice), and whether reading can stop."""
+    def keep(t: pa.Table) -> pa.Table:
+        if not t.num_rows:
+            return t
+        row = pl.from_arrow(t.select(["source_row"]))["source_row"]  # type: ignore[index]
+        mask = pl.Series([True] * t.num_rows)
+        if spec.limit is not None:
+            mask = mask & (row < spec.limit)
+        if spec.sample is not None:
+            mask = mask & ((row.hash(seed=spec.seed) % 1_000_003) < int(round(spec.sample * 1_000_003)))
+        return t.filter(mask.to_arrow())
+
+    rows, rejects = keep(batch.rows), keep(batch.rejects)
+    done = False
+    if spec.limit is not None:
+        seen = [pl.from_arrow(t.select(["source_row"]))["source_row"].max() for t in (batch.rows, batch.rejects)  # type: ignore[index]
+                if t.num_rows]
+        done = bool(seen) and max(seen) >= spec.limit - 1  # type: ignore[operator]
+    return Batch(rows, rejects, batch.format), done
+
+
 def source_specs(cfg: Config) -> list[SourceSpec]:
     """The reader settings of every source of ``cfg`` (paths resolved, the run's size/depth limits)."""
     specs = []
@@ -67,6 +100,7 @@ def source_specs(cfg: Config) -> list[SourceSpec]:
         spec = SourceSpec.from_config(sc, str(cfg.resolve(sc.path)))
         for k, v in cfg.reader_limits(sc).items():
             setattr(spec, k, v)
+        spec.seed = cfg.run.seed
         specs.append(spec)
     return specs
 

@@ -134,6 +134,11 @@ class SourceSpec:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     #: a JSON/JSONL record nested deeper than this is one reject (found while scanning, not parsed)
     max_depth: int = DEFAULT_MAX_DEPTH
+    #: only the first ``limit`` records, and of those a seeded ``sample`` fraction (by record index):
+    #: a slice to try a config on; the others are not read and not counted
+    limit: int | None = None
+    sample: float | None = None
+    seed: int = 0
 
     @property
     def source_name(self) -> str:
@@ -145,13 +150,15 @@ class SourceSpec:
         ``path`` resolved by the caller."""
         return cls(path=path, name=sc.name, container=sc.container, format=sc.format, hf_builder=sc.hf_builder,
                    hf_split=sc.hf_split, hf_kwargs=dict(getattr(sc, "hf_kwargs", None) or {}),
-                   reasoning=getattr(sc, "reasoning", "auto"), think_tags=tuple(getattr(sc, "think_tags", THINK_TAGS)))
+                   reasoning=getattr(sc, "reasoning", "auto"), think_tags=tuple(getattr(sc, "think_tags", THINK_TAGS)),
+                   limit=getattr(sc, "limit", None), sample=getattr(sc, "sample", None))
 
     def key_parts(self) -> tuple[Any, ...]:
         """Every reader setting that shapes the rows (for an ingest cache key), and the readers' version."""
         return (READER_VERSION, self.source_name, self.container, self.format, self.hf_builder, self.hf_split,
                 json.dumps(self.hf_kwargs, sort_keys=True, default=str), self.reasoning, list(self.think_tags),
-                self.max_record_bytes, self.max_depth)
+                self.max_record_bytes, self.max_depth, self.limit, self.sample,
+                self.seed if self.sample is not None else None)
 
 
 def _raw_text(rec: Any) -> str:

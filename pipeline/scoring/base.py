@@ -71,6 +71,9 @@ class LMParams(StageParams):
     turn_agg: TurnAgg = Field("mean", description="how the per-turn scores of a multi-turn row are combined")
     cache: bool = Field(True, description="reuse scores cached by (id, model, template) from earlier runs")
     cache_dir: str | None = Field(None, description="default: <run cache_dir or run dir>/sidecars/scores")
+    sample: float | None = Field(None, gt=0, le=1, description="score only this seeded fraction of the rows "
+                                 "(by id and run seed: a try-out on a slice); the others get null scores and "
+                                 "are never dropped by this stage's rules")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm only")
     logprobs_topk: int = Field(20, ge=1, description="vllm only: top-k logprobs returned per position")
     drop_above: float | None = Field(None, description="drop rows whose score (decide_on) is above this")
@@ -84,6 +87,12 @@ class LMParams(StageParams):
         if self.backend == "vllm" and self.device == "cpu":
             raise ValueError("backend 'vllm' needs a CUDA device; use backend 'transformers' on CPU")
         return self
+
+
+def in_sample(key: pl.Expr, fraction: float, seed: int) -> pl.Expr:
+    """Whether a row is in a seeded sample of ``fraction`` of the rows, decided by a hash of ``key``
+    alone (so the same rows are in it whatever the shards, order or engine)."""
+    return (key.hash(seed=seed) % 1_000_003) < int(round(fraction * 1_000_003))
 
 
 def turn_units(conv: pl.DataFrame, last_only: bool = False) -> pl.DataFrame:
@@ -387,6 +396,8 @@ class LMStage(Stage):
         df = to_polars(df)
         conv = (df.filter(pl.col("keep")).select("id", "messages", *(["tools"] if "tools" in df.columns else []))
                 .unique("id", maintain_order=True))
+        if self.params.sample is not None:  # the same rows in every shard layout and run: by id and seed
+            conv = conv.filter(in_sample(pl.col("id"), self.params.sample, self.ctx.seed))
         new_cols = {c: t for c, t in self.columns.items() if not c.startswith("_")}
         if conv.height:
             rows = self.compute(conv).rename({"_truncated": f"{self.prefix}_truncated"}, strict=False)

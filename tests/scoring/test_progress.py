@@ -30,3 +30,18 @@ def test_lm_scoring_reports_rows_as_batches_finish(smol, pool, tmp_path, max_tok
     assert finished and last_done == last_total >= pool.height  # one unit per assistant turn
     line = progress.Task(name, last_total, last_done, started=0.0).line()
     assert f"{last_done:,}/{last_total:,} (100%)" in line
+
+
+def test_lm_stage_scores_a_seeded_sample_only(smol, pool, max_tokens) -> None:
+    """``sample``: an LM stage scores a seeded fraction of the rows (by id), the rest get null scores
+    and are never dropped by its rules; the same seed picks the same rows."""
+    from pipeline.scoring.stages import Perplexity
+    from pipeline.stages.base import RunContext
+
+    rows = pool.head(12)
+    a = Perplexity(max_tokens=max_tokens, sample=0.5, drop_above=0.0, cache=False)(rows, RunContext(seed=3))
+    scored = a["ppl"].is_not_null()
+    assert 0 < scored.sum() < rows.height
+    assert (~a.filter(scored)["keep"]).all() and a.filter(~scored)["keep"].all()  # the rule drops scored rows only
+    b = Perplexity(max_tokens=max_tokens, sample=0.5, cache=False)(rows, RunContext(seed=3))
+    assert b["ppl"].is_not_null().to_list() == scored.to_list()
