@@ -132,10 +132,14 @@ class LocalExecutor:
                 if bar is not None:
                     for f in futs:
                         f.add_done_callback(lambda _f: bar.update())
-                done, _ = wait(futs, return_when=FIRST_EXCEPTION)
-                for f in done:  # the first error ends the map; queued steps are not started
-                    if f.exception() is not None:
-                        raise f.exception()  # type: ignore[misc]
+                pending = set(futs)
+                while pending:
+                    # short waits: a signal (Ctrl-C, SIGTERM) may be delivered to a worker thread, and
+                    # Python runs its handler only when the main thread runs again, so never block here
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                    for f in done:  # the first error ends the map; queued steps are not started
+                        if f.exception() is not None:
+                            raise f.exception()  # type: ignore[misc]
                 return [f.result() for f in futs]
             except BaseException:
                 # an error or an interrupt: start nothing more and do not wait for running steps

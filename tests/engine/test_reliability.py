@@ -42,8 +42,10 @@ def _config(path: Path, cfg: dict) -> Path:
 
 
 def _start(*args: str) -> subprocess.Popen:
+    # as from a terminal: SIGINT at its default even when this test process was started in the
+    # background by a shell (which makes children inherit SIGINT ignored)
     return subprocess.Popen([*CURATE, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_manifest(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
