@@ -93,9 +93,12 @@ def _rescore(run: Run, stage: Any, columns: Sequence[str], keep: pl.Series) -> l
         shard = pl.read_parquet(p)
         shard = shard.with_columns(keep.slice(at, shard.height).alias("keep"))
         at += shard.height
-        parts.append(stage.score(shard).select(columns))
+        scored = stage.score(shard)
+        # a scratch column a stage writes only when needed (the dedup keeper's response length, when
+        # the length stage's column is absent) is simply not there
+        parts.append(scored.select([c for c in columns if c in scored.columns]))
     out = pl.concat(parts, how="vertical_relaxed")
-    return [out[c] for c in columns]
+    return [out[c] for c in columns if c in out.columns]
 
 
 _OPS = {">=": ("<", lambda c, t: c < t), ">": ("<=", lambda c, t: c <= t),

@@ -36,7 +36,10 @@ def embeddings_root(run_dir: Path) -> Path:
 
 
 def without_cache_dir(m: dict[str, Any]) -> None:
+    """A manifest that records no sidecar location at all (as before the engine recorded its layout)."""
     m["config"]["run"].pop("cache_dir", None)
+    m.get("layout", {}).pop("sidecars", None)
+    m.get("cache", {}).pop("work_dir", None)
 
 
 def test_sidecars_from_the_manifest_layout(full_run: Path, tmp_path: Path) -> None:
