@@ -113,7 +113,7 @@ def test_semantic_state_drops_rewordings_of_earlier_rows(tmp_path: Path) -> None
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     first.write_parquet(a)
     pl.concat([reworded, new]).write_parquet(b)
-    st = [{"stage": "semantic_dedup", "eps": 0.1, "keeper": "first", "n_clusters": 4}]
+    st = [{"stage": "semantic_dedup", "eps": 0.1, "keeper": "first", "n_clusters": 4, "model": "minilm"}]  # rewordings: MiniLM
     r1 = _run(tmp_path, "sem1", [a], st, save_state=True)
     r2 = _run(tmp_path, "sem2", [b], st, state_in=str(r1 / "state"))
     out = _shards(r2).sort("source_row")

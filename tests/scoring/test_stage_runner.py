@@ -50,7 +50,10 @@ def test_lm_stages_in_a_run_and_a_rerun_from_cache(smol, pool, tmp_path, max_tok
     assert by_name["perplexity"]["models"]["model_id"] == smol.model_id
     assert by_name["perplexity"]["scope"] == "global"
 
-    again = run(cfg, run_id="second")
+    # another work store (every step runs again; the same one would reuse the steps themselves),
+    # the same score cache: the LM stages score nothing
+    raw = _config(tmp_path, pool, max_tokens)
+    again = run(load_config({**raw, "flow": {"work_dir": str(tmp_path / "work2")}}), run_id="second")
     shards2 = pl.concat([pl.read_parquet(p) for p in sorted((again.run_dir / "shards").glob("*.parquet"))], how="diagonal_relaxed")
     assert shards2.select("ppl", "eu_nll", "keep").equals(shards.select("ppl", "eu_nll", "keep"))
     summaries = {s["name"]: s.get("summary") or {} for s in again.manifest["stages"]}
