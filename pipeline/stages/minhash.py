@@ -57,7 +57,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -82,11 +82,13 @@ from pipeline.dedup import (
     text_series,
     write_dup_columns,
 )
+from pipeline.schema import with_decision
 from pipeline.stages.base import Resources, to_polars
 
 BANDS = "_minhash_bands"
 SHINGLES = "_minhash_shingles"
 PAIR_CHUNK = 200_000  # candidate pairs whose shingle lists are compared at once
+IN_MEMORY_ROWS = 16_384  # rows hashed at once by a call on an in-memory table
 
 
 class MinHashParams(KeeperParams):
@@ -98,6 +100,11 @@ class MinHashParams(KeeperParams):
     rows: int | None = Field(None, ge=1, description="signature values per band (default: derived)")
     verify: bool = Field(True, description="check candidate pairs against their exact shingle Jaccard")
     seed: int = Field(1, ge=0, description="MinHash seed")
+    linkage: Literal["keeper", "component"] = Field(
+        "keeper",
+        description="keeper: drop a row only when it is a near-duplicate of a kept row (greedy in keeper order); "
+                    "component: one keeper per connected component of near-duplicate pairs (datatrove's clusters)",
+    )
 
     @model_validator(mode="after")
     def _bands_rows(self) -> MinHashParams:
@@ -158,11 +165,13 @@ class MinHashDedup(DedupStage):
     minhash_probe = True
     _next_pref: int | None = None
     _pending: tuple | None = None
+    _text_frame: pl.DataFrame | None = None  # an in-memory call's table: shingles are recomputed from it
 
     def setup(self, ctx: Any = None) -> None:
         super().setup(ctx)
         self._next_pref = None
         self._pending = None
+        self._text_frame = None
 
     def state_key(self) -> dict[str, Any]:
         key = super().state_key()
@@ -170,24 +179,61 @@ class MinHashDedup(DedupStage):
         return key
 
     # ------------------------------------------------------------ per shard
-    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+    def _hashes(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+        """Shingle hashes of ``df``'s key text ``(flat, offsets)`` and its band-key column."""
         p = self.params
         b, r = p.lsh()
         flat, off = shingle_hashes(text_series(df, p.key, normalize=False), p.ngram)
-        sig = minhash_signatures(flat, off, p.num_perm, p.seed)
-        keys = band_keys(sig, b, r)
+        keys = band_keys(minhash_signatures(flat, off, p.num_perm, p.seed), b, r)
         has = np.diff(off) > 0
         bands = pl.Series(BANDS, keys).cast(pl.List(pl.UInt64))
         bands = pl.select(pl.when(pl.Series(has)).then(pl.lit(bands)).otherwise(None)).to_series().alias(BANDS)
+        return flat, off, bands
+
+    @staticmethod
+    def _shingle_lists(flat: np.ndarray, off: np.ndarray) -> pl.Series:
+        # low 32 bits suffice for a pair's Jaccard; lists may repeat a shingle (set ops ignore it)
+        vals = pa.array((flat & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+        lists = pa.LargeListArray.from_arrays(pa.array(off, type=pa.int64()), vals)
+        return pl.Series(SHINGLES, lists).cast(pl.List(pl.UInt32))
+
+    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+        flat, off, bands = self._hashes(df)
         out = df.with_columns(bands)
-        if p.verify:
-            # low 32 bits suffice for a pair's Jaccard; lists may repeat a shingle (set ops ignore it)
-            vals = pa.array((flat & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-            lists = pa.LargeListArray.from_arrays(pa.array(off, type=pa.int64()), vals)
-            out = out.with_columns(pl.Series(SHINGLES, lists).cast(pl.List(pl.UInt32)))
+        if self.params.verify:
+            out = out.with_columns(self._shingle_lists(flat, off))
         else:
             out = out.with_columns(pl.lit(None, dtype=pl.List(pl.UInt32)).alias(SHINGLES))
         return response_chars(out)
+
+    def __call__(self, table: Any, ctx: Any = None) -> pl.DataFrame:
+        """The whole stage on one in-memory table, in bounded memory.
+
+        The engine scores shard by shard and reads candidate rows' shingle lists back from the
+        shard files; here the table is scored in slices of :data:`IN_MEMORY_ROWS` rows keeping only
+        the band keys (80 bytes a row at 10 bands), and the global step recomputes the shingle lists
+        of candidate rows from their text, so memory is the table plus the band keys plus one
+        slice's hashes (~20 bytes per word), not every row's shingles (4-8 bytes per word, several
+        copies of them while scoring one frame).
+        """
+        df = with_decision(to_polars(table))
+        if not self._ready or ctx is not None:
+            self.setup(ctx)
+        parts = [self._hashes(df.slice(lo, IN_MEMORY_ROWS))[2] for lo in range(0, df.height, IN_MEMORY_ROWS)]
+        bands = pl.concat(parts) if parts else pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))
+        scored = response_chars(df.with_columns(bands))
+        self._text_frame = scored if self.params.verify else None
+        return self.decide(self.score_global(scored))
+
+    def global_column(self, df: pl.DataFrame, name: str, rows: np.ndarray) -> pl.Series:
+        if name == SHINGLES and name not in df.columns and self._text_frame is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            out = []
+            for lo in range(0, len(rows), IN_MEMORY_ROWS):
+                flat, off, _ = self._hashes(self._text_frame[rows[lo:lo + IN_MEMORY_ROWS]])
+                out.append(self._shingle_lists(flat, off))
+            return pl.concat(out) if out else pl.Series(SHINGLES, [], dtype=pl.List(pl.UInt32))
+        return super().global_column(df, name, rows)
 
     # ------------------------------------------------------------ over the pool
     def score_global(self, df: pl.DataFrame) -> pl.DataFrame:
@@ -243,7 +289,11 @@ class MinHashDedup(DedupStage):
         # band by band (a loop over bands, not rows), a few bands at a time on threads (Polars
         # releases the GIL): memory stays at a few bands' keys, and only keys seen twice (a tiny
         # share) go through the group-by
-        nodes = pl.Series("node", np.arange(n, dtype=np.uint32))
+        # nodes are labelled by keeper rank, so a bucket's star centre (its smallest label) is the
+        # member the keeper policy prefers: the row most likely kept, which the others are checked
+        # against; labels go back to row positions after the bucketing
+        nodes = pl.Series("node", rank.astype(np.uint32))
+        node_of_rank = np.argsort(rank).astype(np.int64)
         in_state = np.zeros((n, b), dtype=bool) if use_state else None
 
         def band(j: int) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
@@ -252,6 +302,7 @@ class MinHashDedup(DedupStage):
             hit = None
             if bj is not None:
                 hit = fr.join(bj.select("key", "pref", "kid"), on="key", how="inner").select("node", "pref", "kid")
+                hit = hit.with_columns(pl.Series("node", node_of_rank[hit["node"].to_numpy()], dtype=pl.UInt32))
                 in_state[hit["node"].to_numpy(), j] = True  # type: ignore[index]
                 fr = fr.join(bj.select("key"), on="key", how="anti")
             dup = fr.filter(pl.col("key").is_duplicated())
@@ -265,7 +316,7 @@ class MinHashDedup(DedupStage):
         edge_parts = [e for e, _ in per_band if e is not None]
         hit_parts = [h for _, h in per_band if h is not None]
         old_edges = None
-        old_sim = (np.zeros(0, np.int64), np.zeros(0))
+        old_sim = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
         if hit_parts:
             hit = pl.concat(hit_parts).unique()
             if p.verify and pivots is not None and hit.height:
@@ -273,22 +324,27 @@ class MinHashDedup(DedupStage):
                 jac = node_jaccard(hs["node"].to_numpy().astype(np.int64), hs["shingles"])
                 ok = jac >= p.threshold
                 hit = hit.filter(pl.Series(ok))
-                old_sim = (hs["node"].to_numpy().astype(np.int64)[ok], jac[ok])
+                old_sim = (hs["node"].to_numpy().astype(np.int64)[ok], jac[ok],
+                           kid_index(self._old, hs["kid"].filter(pl.Series(ok))))  # type: ignore[arg-type]
             old_edges = (hit["node"].to_numpy().astype(np.int64), kid_index(self._old, hit["kid"]))  # type: ignore[arg-type]
         e = (pl.concat(edge_parts).unique() if edge_parts
              else pl.DataFrame(schema={"pivot": pl.UInt32, "node": pl.UInt32}))
-        eu, ev = e["pivot"].to_numpy().astype(np.int64), e["node"].to_numpy().astype(np.int64)
-        sim_node = [old_sim[0]]
-        sim_val = [old_sim[1]]
+        eu, ev = node_of_rank[e["pivot"].to_numpy().astype(np.int64)], node_of_rank[e["node"].to_numpy().astype(np.int64)]
+        j = np.zeros(0)
         if p.verify and len(eu):
             j = node_jaccard(eu, ev)
             ok = j >= p.threshold
             eu, ev, j = eu[ok], ev[ok], j[ok]
-            sim_node += [eu, ev]
-            sim_val += [j, j]
-        res = resolve_duplicates(n, rank, (eu, ev), old_edges, self._old)
+        res = resolve_duplicates(n, rank, (eu, ev), old_edges, self._old, linkage=p.linkage)
         jac = None
         if p.verify:
+            # a row's best verified similarity to another row of its component (with keeper linkage a
+            # verified pair may straddle two components: a row is not checked against others' keepers)
+            same = res.component[eu] == res.component[ev] if len(eu) else np.zeros(0, bool)
+            o_same = (res.keeper_old[old_sim[0]] == old_sim[2] if p.linkage == "keeper"
+                      else np.ones(len(old_sim[0]), bool))
+            sim_node = [old_sim[0][o_same], eu[same], ev[same]]
+            sim_val = [old_sim[1][o_same], j[same], j[same]]
             best = np.full(n, -1.0)
             np.maximum.at(best, np.concatenate(sim_node).astype(np.int64), np.concatenate(sim_val))
             jac = pl.Series("minhash_jaccard", np.where(best >= 0, best, np.nan)).fill_nan(None)
