@@ -10,22 +10,38 @@ one 64-bit bucket key.
 
 Over the pool (:meth:`MinHashDedup.score_global`): rows sharing a bucket in any band are candidate
 pairs (band by band, Polars finds the keys seen more than once and links each bucket's members to
-its first member: a star rather than a clique), candidates are optionally checked against the
-exact Jaccard similarity of their shingle sets (``verify``, default on; only candidate rows' shingle
-lists are read, each once, through the runner from the shard files rather than gathered for the
-pool), connected components of the surviving edges are found with a vectorised union-find, and
-each component keeps one row (keeper policy: :class:`pipeline.dedup.KeeperParams`). The rest are
-dropped with ``minhash:dup``.
+its member the keeper policy ranks first: a star rather than a clique), candidates are optionally
+checked against the exact Jaccard similarity of their shingle sets (``verify``, default on; only
+candidate rows' shingle lists are read, each once, through the runner from the shard files rather
+than gathered for the pool), and the surviving pairs decide who is dropped (``minhash:dup``):
+
+* ``linkage: keeper`` (default): rows are taken in keeper order (:class:`pipeline.dedup.KeeperParams`)
+  and a row is dropped only when it is a near-duplicate of a row that is kept
+  (:func:`pipeline.dedup.resolve_duplicates`), the rule datasketch and rensa users apply when they
+  query an index of the rows kept so far. Every dropped row is within ``threshold`` of its keeper.
+* ``linkage: component``: connected components of the pairs (vectorised union-find), one keeper
+  each, as datatrove and data-juicer cluster. Near-duplicate is not transitive: through a chain
+  ``a ~ b ~ c`` it drops ``c`` for ``a`` although ``c`` may be far from ``a``. On 100k real
+  documents with their natural near-duplicates plus 5,000 planted copies (10x12 LSH, 0.7), 760 of
+  its 8,186 removals were below 0.7 to their keeper and 132 planted pairs lost both members; the
+  keeper rule removed 7,549 rows, none below 0.7 to its keeper, with the same recall (0.782 vs
+  0.784; ``benchmarks/peers``). That chaining was the extra false removals measured against rensa
+  and datasketch, hence the default.
 
 ``bands``/``rows`` default to the pair that minimises the weighted false-positive and
 false-negative areas under the LSH S-curve ``1 - (1 - s^r)^b`` around ``threshold``
 (datasketch's ``_optimal_param``); with ``verify`` on, false positives are removed by the check, so
 false negatives weigh 0.8 instead of 0.5 (more candidates, fewer misses).
 
-Columns: ``minhash_component`` is the ``id`` of the component's keeper (rows with the same value
-are one near-duplicate group; a row alone is its own component), ``minhash_component_size`` the
-number of rows of this run in that component, ``minhash_jaccard`` the highest verified Jaccard
-similarity of the row to another row of its component (null when it has none or ``verify`` is off).
+Columns: ``minhash_component`` is the ``id`` of the row's keeper (rows with the same value are one
+near-duplicate group; a row alone is its own group), ``minhash_component_size`` the number of rows
+of this run in that group, ``minhash_jaccard`` the highest verified Jaccard similarity of the row to
+another row of its group (null when it has none or ``verify`` is off).
+
+Memory: the engine scores shard by shard and reads back only candidate rows' shingle lists; a call
+on an in-memory table (:func:`minhash_dedup`) hashes the table in slices of
+:data:`IN_MEMORY_ROWS` rows, keeps only the band keys, and recomputes candidate rows' shingles
+from their text, so it holds the table plus ~100 bytes a row rather than every row's shingles.
 
 Behaviour on templated data (tested on T0, ``t0_templated_50k``, at the defaults): rows that render
 one source example through different templates of its dataset are near-duplicates when the example
@@ -42,12 +58,14 @@ random permutations are multiply-add-shift hash functions ``((a x + b) mod 2^64)
 64-bit shingle hashes (datasketch uses ``(a x + b) mod (2^61 - 1)``, rensa the same shift form):
 min-wise independent only approximately, so ``tests/test_kernels.py`` checks that slot agreement
 estimates Jaccard without bias and with the binomial spread; with ``verify``, a bucket's members
-are checked against the bucket's first member only (star), so two members that both fail against
-it but match each other are linked only if another band joins them.
+are checked against the bucket's best-ranked member only (star), so two members that both fail
+against it but match each other are linked only if another band joins them.
 
-Incremental mode: the state holds each bucket key seen (with the first row that had it and that
-row's keeper), plus that row's shingle hashes when ``verify`` is on; new rows landing in a saved
-bucket are checked against it and dropped as duplicates of the earlier keeper. Old rows always stay
+Incremental mode: the state holds each bucket key seen (with its pivot: the first kept row that had
+it in keeper order, else its first row; that row's keeper and whether it was kept), plus the pivot's
+shingle hashes when ``verify`` is on; new rows landing in a saved bucket are checked against the
+pivot and dropped as duplicates of the earlier keeper (with keeper linkage, only when the pivot
+was itself kept). Old rows always stay
 kept, so if one new row bridges two earlier components both keepers stay (a run over everything at
 once would have merged them).
 """
@@ -301,7 +319,11 @@ class MinHashDedup(DedupStage):
             bj = by_band.get(j)
             hit = None
             if bj is not None:
-                hit = fr.join(bj.select("key", "pref", "kid"), on="key", how="inner").select("node", "pref", "kid")
+                # a saved bucket's first row that was itself dropped keeps nobody with keeper linkage
+                # (states written before the flag existed count every first row as kept)
+                kept = pl.col("kept") if "kept" in bj.columns else pl.lit(True)
+                hit = (fr.join(bj.select("key", "pref", "kid", kept.alias("kept")), on="key", how="inner")
+                       .select("node", "pref", "kid", "kept"))
                 hit = hit.with_columns(pl.Series("node", node_of_rank[hit["node"].to_numpy()], dtype=pl.UInt32))
                 in_state[hit["node"].to_numpy(), j] = True  # type: ignore[index]
                 fr = fr.join(bj.select("key"), on="key", how="anti")
@@ -318,7 +340,10 @@ class MinHashDedup(DedupStage):
         old_edges = None
         old_sim = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
         if hit_parts:
-            hit = pl.concat(hit_parts).unique()
+            hit = pl.concat(hit_parts)
+            if p.linkage == "keeper":
+                hit = hit.filter(pl.col("kept"))
+            hit = hit.drop("kept").unique()
             if p.verify and pivots is not None and hit.height:
                 hs = hit.join(pivots, on="pref", how="left", maintain_order="left")
                 jac = node_jaccard(hs["node"].to_numpy().astype(np.int64), hs["shingles"])
@@ -359,7 +384,8 @@ class MinHashDedup(DedupStage):
             out = out.with_columns(pl.lit(None, dtype=pl.Float32).alias("minhash_jaccard"))
         _, kid = self._finish(df, idx, res)
         # the state tables are built only if save_state asks for them (they copy every shingle list)
-        self._pending = (keys, in_state, kid, shingles if p.verify else None, buckets, pivots)
+        self._pending = (keys, in_state, kid, shingles if p.verify else None, buckets, pivots, res.is_dup,
+                         rank)
         self._state_new = None
         self._summary.update({"bands": b, "rows": p.lsh()[1], "candidate_edges": int(e.height),
                               "verified_edges": int(len(eu)), "no_shingles": n_participants - n})
@@ -375,23 +401,28 @@ class MinHashDedup(DedupStage):
         return pl.Series("minhash_component", out, dtype=pl.String)
 
     def _save_buckets(self, keys: np.ndarray, in_state: np.ndarray | None, kid: np.ndarray, shingles: Any,
-                      buckets: pl.DataFrame | None, pivots: pl.DataFrame | None) -> None:
-        """State: each new bucket's first row (pivot) and that row's keeper; pivot shingles if verifying."""
+                      buckets: pl.DataFrame | None, pivots: pl.DataFrame | None, is_dup: np.ndarray,
+                      rank: np.ndarray) -> None:
+        """State: each new bucket's pivot (its first kept row in keeper order, else its first row),
+        that row's keeper and whether it was kept; pivot shingles if verifying."""
         start = int(self._old_meta.extra.get("next_pref", 0)) if self._old_meta is not None else 0
         n, b = keys.shape
+        order = is_dup.astype(np.int64) * max(n, 1) + rank
         parts = []
         for j in range(b):
-            fr = pl.DataFrame({"node": np.arange(n, dtype=np.int64), "key": keys[:, j]})
+            fr = pl.DataFrame({"node": np.arange(n, dtype=np.int64), "key": keys[:, j], "o": order})
             if in_state is not None:
                 fr = fr.filter(pl.Series(~in_state[:, j]))
-            parts.append(fr.group_by("key").agg(pl.col("node").min()).with_columns(pl.lit(j, dtype=pl.UInt16).alias("band")))
+            parts.append(fr.group_by("key").agg(pl.col("node").sort_by("o").first())
+                         .with_columns(pl.lit(j, dtype=pl.UInt16).alias("band")))
         firsts = pl.concat(parts) if parts else pl.DataFrame(schema={"key": pl.UInt64, "node": pl.Int64, "band": pl.UInt16})
         piv_nodes = np.flatnonzero(np.bincount(firsts["node"].to_numpy(), minlength=len(kid)))
         pref_of = np.full(len(kid), -1, dtype=np.int64)
         pref_of[piv_nodes] = np.arange(start, start + len(piv_nodes))
         nodes = firsts["node"].to_numpy()
         new_b = firsts.select("band", "key").with_columns(
-            pl.Series("pref", pref_of[nodes]), pl.Series("kid", kid[nodes].astype(np.int64))
+            pl.Series("pref", pref_of[nodes]), pl.Series("kid", kid[nodes].astype(np.int64)),
+            pl.Series("kept", ~is_dup[nodes]),
         )
         new_p = pl.DataFrame({"pref": pref_of[piv_nodes]}).with_columns(
             (shingles(piv_nodes) if shingles is not None else pl.lit(None, dtype=pl.List(pl.UInt32))).alias("shingles")
@@ -399,7 +430,8 @@ class MinHashDedup(DedupStage):
         self._next_pref = start + len(piv_nodes)
         self._state_new = {
             "keepers": self._state_keepers,
-            "buckets": pl.concat([buckets, new_b]) if buckets is not None else new_b,
+            "buckets": (pl.concat([buckets, new_b], how="diagonal_relaxed").with_columns(pl.col("kept").fill_null(True))
+                        if buckets is not None else new_b),
             "pivots": pl.concat([pivots, new_p]) if pivots is not None else new_p,
         }
 

@@ -42,6 +42,7 @@ from pipeline.dedup import (
     keeper_rank,
     kid_index,
     participants,
+    resolve_duplicates,
     response_chars,
     write_dup_columns,
 )
@@ -63,6 +64,56 @@ class SemDedupParams(KeeperParams):
     seed: int = Field(0, ge=0)
     batch_size: int = Field(64, ge=1)
     gpu: Literal["auto", "cpu", "cuda"] = Field("auto", description="faiss k-means device")
+    neighbours: Literal["global", "cluster"] = Field(
+        "global",
+        description="global: exact neighbours over the whole pool, a row dropped only when near a kept row; "
+                    "cluster: the paper's rule inside each k-means cluster",
+    )
+
+
+def neighbour_pairs(x: np.ndarray, thr: float, y: np.ndarray | None = None,
+                    block: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of unit vectors with cosine above ``thr``, exactly: ``(i, j, cos)``.
+
+    Without ``y``: pairs of rows of ``x`` with ``i < j``; with ``y``: ``i`` a row of ``x``, ``j`` a
+    row of ``y``. A faiss exact inner-product range search (``IndexFlatIP``, all cores) when faiss is
+    installed, else NumPy matrix products; queries go ``block`` rows at a time, so memory is the
+    pairs found plus one block of similarities.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    base = x if y is None else np.ascontiguousarray(y, dtype=np.float32)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if not len(x) or not len(base):
+        return empty
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss ships with the project's embedding extra
+        faiss = None
+    index = None
+    if faiss is not None:
+        index = faiss.IndexFlatIP(base.shape[1])
+        index.add(base)
+    step = block if index is not None else max(1, _BLOCK_ENTRIES // len(base))
+    out_i, out_j, out_s = [], [], []
+    for s in range(0, len(x), step):
+        q = x[s:s + step]
+        if index is not None:
+            lims, dist, nb = index.range_search(q, float(thr))
+            ii = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(lims)) + s
+            jj, ss = nb.astype(np.int64), dist.astype(np.float32)
+            keep = ss > thr
+        else:
+            sim = q @ base.T
+            ii, jj = np.nonzero(sim > thr)
+            ss = sim[ii, jj]
+            ii = ii.astype(np.int64) + s
+            keep = np.ones(len(ii), dtype=bool)
+        if y is None:
+            keep &= ii < jj
+        out_i.append(ii[keep])
+        out_j.append(jj[keep].astype(np.int64))
+        out_s.append(ss[keep])
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
 def max_earlier(x: np.ndarray, kept: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +202,8 @@ class SemanticDedup(DedupStage):
         x = self._vectors(df, idx) if n else np.zeros((0, 1), np.float32)
         cents = self._old_tables.get("centroids")
         members = self._old_tables.get("members")
+        if p.neighbours == "global" and p.keeper != "centroid":
+            return self._score_global_pool(df, idx, sub, x, members)
         if cents is not None and cents.height:
             c = _normalise(_matrix(cents.sort("cluster")["vector"]))
             assign = np.argmax(x @ c.T, axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
@@ -165,7 +218,10 @@ class SemanticDedup(DedupStage):
         rank = keeper_rank(sub.with_columns(extra_key) if extra_key is not None else sub,
                            p.model_copy(update={"keeper": "first"}) if p.keeper == "centroid" else p,  # type: ignore[arg-type]
                            extra=pl.col("_cd") if extra_key is not None else None)
-        res, max_sim = self._resolve(x, assign, rank, members)
+        if p.neighbours == "global":  # keeper: centroid needs the clusters for its order only
+            res, max_sim = self._resolve_pool(x, rank, members)
+        else:
+            res, max_sim = self._resolve(x, assign, rank, members)
         extra = {
             "semdedup_cluster": pl.Series(assign, dtype=pl.Int64),
             "semdedup_centroid_dist": pl.Series(cdist, dtype=pl.Float32),
@@ -186,6 +242,50 @@ class SemanticDedup(DedupStage):
         }
         self._summary.update({"clusters": int(len(c)), "threshold": 1.0 - p.eps})
         return out
+
+    def _score_global_pool(self, df: pl.DataFrame, idx: np.ndarray, sub: pl.DataFrame, x: np.ndarray,
+                           members: pl.DataFrame | None) -> pl.DataFrame:
+        """``neighbours: global`` without clusters: exact neighbours over the pool, keeper order."""
+        p = self.params
+        n = len(idx)
+        rank = keeper_rank(sub, p)
+        res, max_sim = self._resolve_pool(x, rank, members)
+        extra = {
+            "semdedup_cluster": pl.Series([None] * n, dtype=pl.Int64),
+            "semdedup_centroid_dist": pl.Series([None] * n, dtype=pl.Float32),
+            "semdedup_max_sim": pl.Series(np.where(np.isfinite(max_sim), max_sim, np.nan), dtype=pl.Float32).fill_nan(None),
+        }
+        out = write_dup_columns(df, idx, res, self.kind, self._old, extra=extra, extra_dtypes=dict(self.columns))
+        _, kid = self._finish(df, idx, res)
+        new_members = pl.DataFrame({"cluster": np.full(n, -1, dtype=np.int64), "vector": _vector_series(x), "kid": kid})
+        old_cents = self._old_tables.get("centroids")
+        self._state_new = {
+            "keepers": self._state_keepers,
+            "centroids": old_cents if old_cents is not None else pl.DataFrame(schema={"cluster": pl.Int64}),
+            "members": pl.concat([members, new_members], how="diagonal_relaxed") if members is not None else new_members,
+        }
+        self._summary.update({"neighbours": "global", "threshold": 1.0 - p.eps})
+        return out
+
+    def _resolve_pool(self, x: np.ndarray, rank: np.ndarray,
+                      members: pl.DataFrame | None) -> tuple[Resolution, np.ndarray]:
+        """Global rule: every pair above ``1 - eps`` over the pool (and against saved members of
+        earlier runs, which count as kept), then rows in keeper order, each dropped only when near a
+        kept row (:func:`pipeline.dedup.resolve_duplicates`, ``linkage="keeper"``). ``max_sim``: the
+        highest cosine above the threshold to a row ordered before it (saved members first)."""
+        thr = 1.0 - self.params.eps
+        n = len(rank)
+        i, j, sim = neighbour_pairs(x, thr)
+        old_edges = None
+        max_sim = np.full(n, -np.inf, dtype=np.float32)
+        worse = np.where(rank[i] > rank[j], i, j)
+        np.maximum.at(max_sim, worse, sim)
+        if members is not None and members.height and self._old is not None and n:
+            oi, oj, osim = neighbour_pairs(x, thr, _matrix(members["vector"]))
+            old_edges = (oi, kid_index(self._old, members["kid"].gather(oj)))
+            np.maximum.at(max_sim, oi, osim)
+        res = resolve_duplicates(n, rank, (i, j), old_edges, self._old, linkage="keeper")
+        return res, max_sim
 
     def _resolve(self, x: np.ndarray, assign: np.ndarray, rank: np.ndarray,
                  members: pl.DataFrame | None) -> tuple[Resolution, np.ndarray]:

@@ -1,0 +1,186 @@
+"""The peer harness: the project end to end against its peers, each at its best, on the same corpora.
+
+Every case is one fresh process (a peer in its own virtualenv, see ``setup_venvs.sh``), timed from
+launch to exit: start-up, reading the input, the work and writing the output are all inside. Cases
+are alternated (run 1 of every tool, then run 2, ...), and the table gives the min and median wall
+seconds, the peak RSS of the whole process tree (sampled every 50 ms, children included: pools,
+executors, Prefect's server), recall (planted pairs with one member removed) and false removals
+(removed rows outside a planted pair, plus the second member where both of a pair were removed),
+against the truth written by ``corpus.py``.
+
+    python benchmarks/peers/run.py minhash --sizes 100000,300000 --runs 3
+    python benchmarks/peers/run.py minhash --sizes 10000 --runs 1 --tools curate-local,rensa   # smoke
+
+MinHash settings shared by every tool: word 5-grams, 10 bands x 12 rows, Jaccard 0.7 where a tool
+checks candidates (the project: exact shingle Jaccard; rensa, datasketch: their signature estimate;
+datatrove: no check, clusters of LSH collisions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PROJECT_PY = sys.executable
+MH = {"bands": 10, "rows": 12, "threshold": 0.7}
+
+
+def tree_rss(p: psutil.Process) -> int:
+    total = 0
+    for q in [p, *p.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += q.memory_info().rss
+    return total
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS of the process tree (MB) and stdout of ``cmd``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, tree_rss(ps))
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {err.read().decode(errors='replace')[-3000:]}")
+    return wall, peak / 2**20, stdout
+
+
+def project_env() -> dict[str, str]:
+    """The project's environment: its own Prefect home (no other work's database), and a longer wait
+    for Prefect's ephemeral API server, which needs more than its default 20 s on a loaded machine."""
+    home = Path(tempfile.gettempdir()) / "peers-prefect-home"
+    home.mkdir(exist_ok=True)
+    return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_HOME": str(home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+
+
+# ---------------------------------------------------------------- tools: (cmd, removed-rows reader)
+
+
+def curate_cli(engine: str) -> Any:
+    def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+        src = data.with_suffix(".project.parquet")
+        cfg = tmp / "minhash.yaml"
+        cfg.write_text(json.dumps({
+            "run": {"name": "peers", "out": str(tmp / "runs")},
+            "sources": [{"path": str(src)}],
+            "stages": [{"stage": "minhash_dedup", "key": "response", "ngram": 5, "num_perm": 128, **MH}],
+            "flow": {"work_dir": str(tmp / "work")},
+        }))
+        curate = str(Path(PROJECT_PY).with_name("curate"))
+
+        def removed() -> np.ndarray:
+            run = next((tmp / "runs").iterdir())
+            t = pq.read_table(run / "shards", columns=["source_row", "keep"])
+            return t["source_row"].to_numpy()[~t["keep"].to_numpy(zero_copy_only=False)]
+
+        return [curate, "run", str(cfg), "--engine", engine, "--quiet"], removed, project_env()
+    return case
+
+
+def curate_python(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+    dst = tmp / "removed.parquet"
+    return ([PROJECT_PY, str(HERE / "minhash_project_python.py"), str(data), str(dst), json.dumps(MH)],
+            lambda: pq.read_table(dst)["row"].to_numpy(), project_env())
+
+
+def peer(name: str) -> Any:
+    def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+        dst = tmp / "removed.parquet"
+        py = str(Path(os.environ.get("PEERS", "/tmp/peers")) / name / "bin" / "python")
+        return ([py, str(HERE / f"minhash_{name}.py"), str(data), str(dst), json.dumps(MH)],
+                lambda: pq.read_table(dst)["row"].to_numpy(), {**os.environ, "PYTHONPATH": ""})
+    return case
+
+
+TOOLS = {
+    "curate-local": ("`curate run --engine local` (CLI, all cores)", curate_cli("local")),
+    "curate-prefect": ("`curate run` (CLI, default Prefect engine)", curate_cli("prefect")),
+    "curate-python": ("`minhash_dedup(table)` (Python, in memory)", curate_python),
+    "rensa": ("rensa 0.5 (bulk R-MinHash, RMinHashLSH)", peer("rensa")),
+    "datasketch": ("datasketch 2.0 (`MinHash.bulk` on all cores, MinHashLSH)", peer("datasketch")),
+    "datatrove": ("datatrove 0.10.1 (4-stage MinHash, all cores)", peer("datatrove")),
+}
+
+
+def score(removed: np.ndarray, group: np.ndarray) -> tuple[float, int]:
+    gone = np.zeros(len(group), dtype=bool)
+    gone[removed] = True
+    planted = group >= 0
+    per_pair = np.bincount(group[planted & gone], minlength=int(group.max()) + 1)
+    recall = float((per_pair >= 1).mean())
+    false = int((gone & ~planted).sum() + (per_pair == 2).sum())
+    return recall, false
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["minhash"])
+    ap.add_argument("--sizes", default="100000")
+    ap.add_argument("--data", default="/tmp/peers-data", help="corpus.py's output directory")
+    ap.add_argument("--corpus", default="docs_{n}", help="file stem, e.g. docs_{n}_natural")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--json", help="also write every run's figures here")
+    a = ap.parse_args()
+    tools = a.tools.split(",")
+    rows: list[dict] = []
+    print(f"# {platform.node()} {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
+          f"load {os.getloadavg()}", flush=True)
+    for n in (int(x) for x in a.sizes.split(",")):
+        data = Path(a.data) / (a.corpus.format(n=n) + ".parquet")
+        group = pq.read_table(data, columns=["group"])["group"].to_numpy()
+        res: dict[str, list[dict]] = {t: [] for t in tools}
+        for r in range(a.runs):
+            for t in tools:
+                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+                try:
+                    cmd, removed, env = TOOLS[t][1](data, tmp)
+                    wall, rss, _ = timed(cmd, env=env)
+                    recall, false = score(removed(), group)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "recall": recall, "false": false,
+                       "load": os.getloadavg()[0]}
+                res[t].append(one)
+                rows.append(one)
+                print(json.dumps(one), flush=True)
+        print(f"\n{data.name}: {n:,} rows, {int((group >= 0).sum()) // 2:,} planted pairs; {a.runs} run(s) alternated\n")
+        print("| tool | wall s min | wall s median | peak RSS MB (tree) | recall | false removals | load (1 min) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for t in tools:
+            rs = res[t]
+            w = [x["wall_s"] for x in rs]
+            print(f"| {TOOLS[t][0]} | {min(w):.1f} | {statistics.median(w):.1f} | {max(x['rss_mb'] for x in rs):,.0f} | "
+                  f"{rs[0]['recall']:.3f} | {rs[0]['false']:,} | {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
