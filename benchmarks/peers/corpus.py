@@ -131,6 +131,29 @@ def build(n: int, docs: list[str], copies: float = 0.05, frac: float = 0.01, see
     return pa.table({"row": np.arange(n, dtype=np.int64), "text": [texts[i] for i in order], "group": group[order]})
 
 
+INSTRUCTION_FILES = ["gpteacher_toolformer_dedupe_only.json.gz", "gpteacher_codegen.json.gz", "new_codealpaca.json.gz",
+                     "code_alpaca_2k.json.gz", "gpteacher_roleplay.json.gz"]
+
+
+def instructions(n: int, out: Path) -> Path:
+    """The SemDeDup corpus: the first user turns of real instruction sets (GPTeacher toolformer, whose
+    authors similarity-deduplicated it at 0.6-0.9 and ship the sets, then code and roleplay sets;
+    semantic near-duplicates occur naturally), ``n`` of them drawn (seeded), written to ``instr_{n}.parquet``."""
+    import polars as pl
+
+    from pipeline.io.readers import read_table
+
+    texts: list[str] = []
+    for f in INSTRUCTION_FILES:
+        df, _ = read_table(str(REAL / f))
+        texts += df.select(pl.col("messages").list.first().struct.field("content"))["content"].to_list()
+    texts = [t for t in texts if t and t.strip()]
+    texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:n]]
+    path = out / f"instr_{n}.parquet"
+    pq.write_table(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}), path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,300000")
@@ -140,9 +163,13 @@ def main() -> None:
     ap.add_argument("--natural", action="store_true",
                     help="keep the real data's own near-duplicates (files docs_{n}_natural.*): the corpus for "
                          "comparing how tools treat chains of near-duplicates")
+    ap.add_argument("--instructions", type=int, help="write only the SemDeDup corpus of this many instructions")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.instructions:
+        print(instructions(a.instructions, out))
+        return
     docs = documents()
     tag = "_natural" if a.natural else ""
     if not a.natural:

@@ -118,6 +118,55 @@ def peer(name: str) -> Any:
     return case
 
 
+def sem_project(neighbours: str) -> Any:
+    def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+        dst = tmp / "removed.parquet"
+        cfg = json.dumps({"eps": EPS, "neighbours": neighbours})
+        return ([PROJECT_PY, str(HERE / "semdedup_project.py"), str(data), str(dst), cfg],
+                lambda: pq.read_table(dst)["row"].to_numpy(), project_env())
+    return case
+
+
+def sem_peer(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+    dst = tmp / "removed.parquet"
+    py = str(Path(os.environ.get("PEERS", "/tmp/peers")) / "semhash" / "bin" / "python")
+    return ([py, str(HERE / "semdedup_semhash.py"), str(data), str(dst), json.dumps({"eps": EPS})],
+            lambda: pq.read_table(dst)["row"].to_numpy(), {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"})
+
+
+EPS = 0.05
+SEM_TOOLS = {
+    "curate-global": ("`semantic_dedup(table)` (Python; default `neighbours: global`)", sem_project("global")),
+    "curate-cluster": ("`semantic_dedup(table, neighbours='cluster')` (the paper's within-cluster rule)",
+                       sem_project("cluster")),
+    "semhash": ("semhash 0.5 (`self_deduplicate`, usearch ANN, same MiniLM)", sem_peer),
+}
+
+
+def sem_truth(data: Path) -> np.ndarray:
+    """Brute-force neighbour pairs above 1 - eps over the whole pool (the same MiniLM vectors)."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.embeddings import encode
+
+    x = encode(pq.read_table(data, columns=["text"])["text"].to_pylist())
+    s = x @ x.T
+    np.fill_diagonal(s, -1)
+    return s > 1.0 - EPS
+
+
+def sem_score(removed: np.ndarray, near: np.ndarray) -> tuple[float, int, int]:
+    """(recall of brute-force pairs: share with a member removed; removals with no kept row above
+    the threshold; kept rows with another kept row above the threshold)."""
+    gone = np.zeros(len(near), dtype=bool)
+    gone[removed] = True
+    iu, ju = np.nonzero(np.triu(near, 1))
+    recall = float((gone[iu] | gone[ju]).mean()) if len(iu) else 1.0
+    kept = ~gone
+    unjustified = int((gone & ~(near[:, kept].any(axis=1))).sum())
+    kept_pairs = int((kept & near[:, kept].any(axis=1)).sum())
+    return recall, unjustified, kept_pairs
+
+
 TOOLS = {
     "curate-local": ("`curate run --engine local` (CLI, all cores)", curate_cli("local")),
     "curate-prefect": ("`curate run` (CLI, default Prefect engine)", curate_cli("prefect")),
@@ -138,9 +187,44 @@ def score(removed: np.ndarray, group: np.ndarray) -> tuple[float, int]:
     return recall, false
 
 
+def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
+    tools = [t for t in a.tools.split(",") if t in SEM_TOOLS] or list(SEM_TOOLS)
+    for n in (int(x) for x in a.sizes.split(",")):
+        data = Path(a.data) / f"instr_{n}.parquet"
+        near = sem_truth(data)
+        res: dict[str, list[dict]] = {t: [] for t in tools}
+        for r in range(a.runs):
+            for t in tools:
+                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+                try:
+                    cmd, removed, env = SEM_TOOLS[t][1](data, tmp)
+                    wall, rss, _ = timed(cmd, env=env)
+                    gone = removed()
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                recall, unjust, kept_pairs = sem_score(gone, near)
+                one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "removed": len(gone),
+                       "recall": recall, "unjustified": unjust, "kept_near": kept_pairs, "load": os.getloadavg()[0]}
+                res[t].append(one)
+                rows.append(one)
+                print(json.dumps(one), flush=True)
+        n_pairs = int(np.triu(near, 1).sum())
+        print(f"\n{data.name}: {n:,} real instructions, {n_pairs:,} brute-force pairs above cos {1 - EPS:.2f} "
+              f"(MiniLM); {a.runs} run(s) alternated\n")
+        print("| tool | wall s min | wall s median | peak RSS MB (tree) | removed | recall of pairs | "
+              "removed without a kept neighbour | kept rows with a kept neighbour | load (1 min) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for t in tools:
+            rs = res[t]
+            w = [x["wall_s"] for x in rs]
+            print(f"| {SEM_TOOLS[t][0]} | {min(w):.1f} | {statistics.median(w):.1f} | {max(x['rss_mb'] for x in rs):,.0f} "
+                  f"| {rs[0]['removed']:,} | {rs[0]['recall']:.3f} | {rs[0]['unjustified']:,} | {rs[0]['kept_near']:,} "
+                  f"| {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["minhash"])
+    ap.add_argument("what", choices=["minhash", "semdedup"])
     ap.add_argument("--sizes", default="100000")
     ap.add_argument("--data", default="/tmp/peers-data", help="corpus.py's output directory")
     ap.add_argument("--corpus", default="docs_{n}", help="file stem, e.g. docs_{n}_natural")
@@ -148,10 +232,15 @@ def main() -> None:
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--json", help="also write every run's figures here")
     a = ap.parse_args()
-    tools = a.tools.split(",")
     rows: list[dict] = []
     print(f"# {platform.node()} {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
           f"load {os.getloadavg()}", flush=True)
+    if a.what == "semdedup":
+        semdedup(a, rows)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=1))
+        return
+    tools = a.tools.split(",")
     for n in (int(x) for x in a.sizes.split(",")):
         data = Path(a.data) / (a.corpus.format(n=n) + ".parquet")
         group = pq.read_table(data, columns=["group"])["group"].to_numpy()
