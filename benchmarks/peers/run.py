@@ -10,6 +10,8 @@ against the truth written by ``corpus.py``.
 
     python benchmarks/peers/run.py minhash --sizes 100000,300000 --runs 3
     python benchmarks/peers/run.py minhash --sizes 10000 --runs 1 --tools curate-local,rensa   # smoke
+    python benchmarks/peers/run.py semdedup --sizes 5000 --runs 2     # corpus.py --instructions 5000 first
+    python benchmarks/peers/run.py embed --sizes 3000 --runs 2        # corpus.py --instructions 3000 first
 
 MinHash settings shared by every tool: word 5-grams, 10 bands x 12 rows, Jaccard 0.7 where a tool
 checks candidates (the project: exact shingle Jaccard; rensa, datasketch: their signature estimate;
@@ -167,9 +169,44 @@ def sem_score(removed: np.ndarray, near: np.ndarray) -> tuple[float, int, int]:
     return recall, unjustified, kept_pairs
 
 
+PREFECT_PORT = 4297
+
+
+def prefect_server_env() -> dict[str, str]:
+    return {**project_env(), "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api"}
+
+
+@contextlib.contextmanager
+def prefect_server() -> Any:
+    """A Prefect API server for the run (as a nightly deployment has one), started before timing."""
+    import urllib.request
+
+    env = project_env()
+    proc = subprocess.Popen([str(Path(PROJECT_PY).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(PREFECT_PORT)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{PREFECT_PORT}/api/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def curate_cli_server(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+    cmd, removed, _ = curate_cli("prefect")(data, tmp)
+    return cmd, removed, prefect_server_env()
+
+
 TOOLS = {
     "curate-local": ("`curate run --engine local` (CLI, all cores)", curate_cli("local")),
-    "curate-prefect": ("`curate run` (CLI, default Prefect engine)", curate_cli("prefect")),
+    "curate-prefect": ("`curate run` (CLI, default Prefect engine; ephemeral API server started by the run)",
+                       curate_cli("prefect")),
+    "curate-prefect-server": ("`curate run` (CLI, Prefect engine, API server already running)", curate_cli_server),
     "curate-python": ("`minhash_dedup(table)` (Python, in memory)", curate_python),
     "rensa": ("rensa 0.5 (bulk R-MinHash, RMinHashLSH)", peer("rensa")),
     "datasketch": ("datasketch 2.0 (`MinHash.bulk` on all cores, MinHashLSH)", peer("datasketch")),
@@ -222,9 +259,48 @@ def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
                   f"| {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
 
 
+def embed(a: argparse.Namespace, rows: list[dict]) -> None:
+    """Embedding throughput: the project's stage against a bare ``SentenceTransformer.encode`` of the
+    same MiniLM on the same texts; vectors compared (max |difference|)."""
+    peers = Path(os.environ.get("PEERS", "/tmp/peers"))
+    for n in (int(x) for x in a.sizes.split(",")):
+        data = Path(a.data) / f"instr_{n}.parquet"
+        cases = {
+            "curate": ("sft-curate `embed_frame` (instruction view, batch 64)",
+                       [PROJECT_PY, str(HERE / "embed_project.py")], project_env()),
+            "st": ("bare `SentenceTransformer.encode` (batch 64, length-sorted by encode)",
+                   [str(peers / "st" / "bin" / "python"), str(HERE / "embed_st.py")],
+                   {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}),
+        }
+        res: dict[str, list[dict]] = {t: [] for t in cases}
+        vec: dict[str, np.ndarray] = {}
+        for r in range(a.runs):
+            for t, (_, cmd, env) in cases.items():
+                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+                try:
+                    wall, rss, _ = timed([*cmd, str(data), str(tmp / "v.npy")], env=env)
+                    vec[t] = np.load(tmp / "v.npy")
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "load": os.getloadavg()[0]}
+                res[t].append(one)
+                rows.append(one)
+                print(json.dumps(one), flush=True)
+        diff = float(np.abs(vec["curate"] - vec["st"]).max())
+        print(f"\n{data.name}: {n:,} real instructions; {a.runs} run(s) alternated; "
+              f"max |vector difference| {diff:.2e}\n")
+        print("| implementation | wall s min | wall s median | texts/s (min wall) | peak RSS MB (tree) | load (1 min) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for t, (label, _, _) in cases.items():
+            w = [x["wall_s"] for x in res[t]]
+            print(f"| {label} | {min(w):.1f} | {statistics.median(w):.1f} | {n / min(w):,.0f} | "
+                  f"{max(x['rss_mb'] for x in res[t]):,.0f} | "
+                  f"{min(x['load'] for x in res[t]):.1f}-{max(x['load'] for x in res[t]):.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["minhash", "semdedup"])
+    ap.add_argument("what", choices=["minhash", "semdedup", "embed"])
     ap.add_argument("--sizes", default="100000")
     ap.add_argument("--data", default="/tmp/peers-data", help="corpus.py's output directory")
     ap.add_argument("--corpus", default="docs_{n}", help="file stem, e.g. docs_{n}_natural")
@@ -235,8 +311,8 @@ def main() -> None:
     rows: list[dict] = []
     print(f"# {platform.node()} {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
           f"load {os.getloadavg()}", flush=True)
-    if a.what == "semdedup":
-        semdedup(a, rows)
+    if a.what in ("semdedup", "embed"):
+        (semdedup if a.what == "semdedup" else embed)(a, rows)
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=1))
         return
@@ -245,20 +321,9 @@ def main() -> None:
         data = Path(a.data) / (a.corpus.format(n=n) + ".parquet")
         group = pq.read_table(data, columns=["group"])["group"].to_numpy()
         res: dict[str, list[dict]] = {t: [] for t in tools}
-        for r in range(a.runs):
-            for t in tools:
-                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
-                try:
-                    cmd, removed, env = TOOLS[t][1](data, tmp)
-                    wall, rss, _ = timed(cmd, env=env)
-                    recall, false = score(removed(), group)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "recall": recall, "false": false,
-                       "load": os.getloadavg()[0]}
-                res[t].append(one)
-                rows.append(one)
-                print(json.dumps(one), flush=True)
+        server = prefect_server() if "curate-prefect-server" in tools else contextlib.nullcontext()
+        with server:
+            minhash_runs(a, tools, data, group, res, rows, n)
         print(f"\n{data.name}: {n:,} rows, {int((group >= 0).sum()) // 2:,} planted pairs; {a.runs} run(s) alternated\n")
         print("| tool | wall s min | wall s median | peak RSS MB (tree) | recall | false removals | load (1 min) |")
         print("|---|---:|---:|---:|---:|---:|---:|")
@@ -269,6 +334,24 @@ def main() -> None:
                   f"{rs[0]['recall']:.3f} | {rs[0]['false']:,} | {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+def minhash_runs(a: argparse.Namespace, tools: list[str], data: Path, group: np.ndarray, res: dict, rows: list,
+                 n: int) -> None:
+    for r in range(a.runs):
+        for t in tools:
+            tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+            try:
+                cmd, removed, env = TOOLS[t][1](data, tmp)
+                wall, rss, _ = timed(cmd, env=env)
+                recall, false = score(removed(), group)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "recall": recall, "false": false,
+                   "load": os.getloadavg()[0]}
+            res[t].append(one)
+            rows.append(one)
+            print(json.dumps(one), flush=True)
 
 
 if __name__ == "__main__":
