@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import unicodedata
 
 import pyarrow as pa
@@ -58,4 +57,3 @@ def args() -> tuple[str, str, dict]:
     return sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 
 
-T0 = time.perf_counter()
