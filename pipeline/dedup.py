@@ -402,13 +402,25 @@ def resolve_duplicates(
     edges: tuple[np.ndarray, np.ndarray] | None = None,
     old_edges: tuple[np.ndarray, np.ndarray] | None = None,
     old: OldKeepers | None = None,
+    linkage: Literal["component", "keeper"] = "component",
 ) -> Resolution:
-    """Connected components over new rows (``0..n-1``) and old keepers, and one keeper each.
+    """Who keeps each new row (``0..n-1``), given duplicate edges among them and to old keepers.
 
     ``edges``: pairs of new rows that are duplicates; ``old_edges``: (new row, old keeper index)
-    pairs. A component holding an old keeper is kept by the old keeper first seen (smallest
-    ``kid``); otherwise by its new row of smallest ``rank``.
+    pairs. Old keepers outrank every new row (among themselves: first seen, smallest ``kid``); new
+    rows go by ``rank``.
+
+    ``linkage="component"``: connected components of the edges, one keeper each (its best-ranked
+    member). Right when the relation is transitive (exact duplicates). For a similarity threshold it
+    is not: a chain ``a ~ b ~ c`` drops ``c`` for ``a`` although ``c`` may be far from ``a``.
+
+    ``linkage="keeper"``: rows are decided in rank order and a row is dropped only when it has an
+    edge to a row that is kept (then the best-ranked such row keeps it), the order datasketch/rensa
+    users get by querying an index of the rows kept so far. Every dropped row is then a duplicate
+    of its own keeper. ``component`` is the keeper's index (rows sharing a keeper share it).
     """
+    if linkage == "keeper":
+        return _resolve_by_keeper(n, rank, edges, old_edges, old)
     m = old.n if old is not None else 0
     eu = [np.zeros(0, np.int64)]
     ev = [np.zeros(0, np.int64)]
@@ -434,6 +446,87 @@ def resolve_duplicates(
     sizes = np.bincount(label[:n], minlength=n + m)[label[:n]]
     return Resolution(
         component=label[:n],
+        keeper_new=np.where(keeper < n, keeper, -1),
+        keeper_old=np.where(keeper >= n, keeper - n, -1),
+        component_size=sizes.astype(np.int64),
+    )
+
+
+def _resolve_by_keeper(
+    n: int,
+    rank: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray] | None,
+    old_edges: tuple[np.ndarray, np.ndarray] | None,
+    old: OldKeepers | None,
+) -> Resolution:
+    """``linkage="keeper"`` of :func:`resolve_duplicates`: a greedy pass in rank order, vectorised.
+
+    Each edge is oriented from its better-ranked end. A round drops every undecided row with a kept
+    better neighbour, then keeps every undecided row all of whose better neighbours are dropped;
+    rounds repeat until every row is decided (as many rounds as the longest chain of alternating
+    decisions, a handful on real data), each one pass over the edges.
+    """
+    m = old.n if old is not None else 0
+    us = [np.zeros(0, np.int64)]
+    vs = [np.zeros(0, np.int64)]
+    if edges is not None:
+        us.append(np.asarray(edges[0], np.int64))
+        vs.append(np.asarray(edges[1], np.int64))
+    if old_edges is not None and m:
+        us.append(np.asarray(old_edges[0], np.int64))
+        vs.append(np.asarray(old_edges[1], np.int64) + n)
+    u, v = np.concatenate(us), np.concatenate(vs)
+    full_rank = np.empty(n + m, dtype=np.int64)
+    full_rank[:n] = rank
+    if m:
+        kid = old.frame["kid"].to_numpy()  # type: ignore[union-attr]
+        full_rank[n:] = np.argsort(np.argsort(kid, kind="stable"), kind="stable") - m
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return Resolution(component=z, keeper_new=z, keeper_old=z, component_size=z)
+    keep = u != v
+    u, v = u[keep], v[keep]
+    swap = full_rank[u] > full_rank[v]
+    a = np.where(swap, v, u)  # better-ranked end
+    b = np.where(swap, u, v)
+    undecided, kept, dropped = 0, 1, 2
+    status = np.zeros(n + m, dtype=np.int8)
+    status[n:] = kept  # published earlier: always kept
+    live = np.ones(len(a), dtype=bool)
+    while True:
+        sa, sb = status[a], status[b]
+        hit = (sa == kept) & (sb == undecided)
+        status[b[hit]] = dropped
+        sb = status[b]
+        live = sb == undecided
+        if not live.any():
+            break
+        blocked = np.zeros(n + m, dtype=bool)
+        blocked[b[live & (status[a] != dropped)]] = True
+        free = (status == undecided) & ~blocked
+        free[b[live & (status[a] == kept)]] = False
+        if not free.any():  # cannot happen with a strict order; guard against a cycle all the same
+            raise AssertionError("keeper resolution made no progress")
+        status[free] = kept
+        a, b = a[live], b[live]
+    status[status == undecided] = kept  # rows without an undecided edge left
+    # the keeper of a dropped row: its best-ranked kept better neighbour
+    u_all, v_all = np.concatenate(us), np.concatenate(vs)
+    swap = full_rank[u_all] > full_rank[v_all]
+    a_all = np.where(swap, v_all, u_all)
+    b_all = np.where(swap, u_all, v_all)
+    ok = (status[a_all] == kept) & (status[b_all] == dropped) & (a_all != b_all)
+    best = np.full(n + m, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, b_all[ok], full_rank[a_all[ok]])
+    node_of_rank = np.empty(n + m, dtype=np.int64)
+    node_of_rank[full_rank - full_rank.min()] = np.arange(n + m)
+    keeper = np.arange(n + m, dtype=np.int64)
+    d = np.flatnonzero(status == dropped)
+    keeper[d] = node_of_rank[best[d] - full_rank.min()]
+    keeper = keeper[:n]
+    sizes = np.bincount(keeper, minlength=n + m)[keeper]
+    return Resolution(
+        component=keeper,
         keeper_new=np.where(keeper < n, keeper, -1),
         keeper_old=np.where(keeper >= n, keeper - n, -1),
         component_size=sizes.astype(np.int64),

@@ -10,22 +10,38 @@ one 64-bit bucket key.
 
 Over the pool (:meth:`MinHashDedup.score_global`): rows sharing a bucket in any band are candidate
 pairs (band by band, Polars finds the keys seen more than once and links each bucket's members to
-its first member: a star rather than a clique), candidates are optionally checked against the
-exact Jaccard similarity of their shingle sets (``verify``, default on; only candidate rows' shingle
-lists are read, each once, through the runner from the shard files rather than gathered for the
-pool), connected components of the surviving edges are found with a vectorised union-find, and
-each component keeps one row (keeper policy: :class:`pipeline.dedup.KeeperParams`). The rest are
-dropped with ``minhash:dup``.
+its member the keeper policy ranks first: a star rather than a clique), candidates are optionally
+checked against the exact Jaccard similarity of their shingle sets (``verify``, default on; only
+candidate rows' shingle lists are read, each once, through the runner from the shard files rather
+than gathered for the pool), and the surviving pairs decide who is dropped (``minhash:dup``):
+
+* ``linkage: keeper`` (default): rows are taken in keeper order (:class:`pipeline.dedup.KeeperParams`)
+  and a row is dropped only when it is a near-duplicate of a row that is kept
+  (:func:`pipeline.dedup.resolve_duplicates`), the rule datasketch and rensa users apply when they
+  query an index of the rows kept so far. Every dropped row is within ``threshold`` of its keeper.
+* ``linkage: component``: connected components of the pairs (vectorised union-find), one keeper
+  each, as datatrove and data-juicer cluster. Near-duplicate is not transitive: through a chain
+  ``a ~ b ~ c`` it drops ``c`` for ``a`` although ``c`` may be far from ``a``. On 100k real
+  documents with their natural near-duplicates plus 5,000 planted copies (10x12 LSH, 0.7), 760 of
+  its 8,186 removals were below 0.7 to their keeper and 132 planted pairs lost both members; the
+  keeper rule removed 7,549 rows, none below 0.7 to its keeper, with the same recall (0.782 vs
+  0.784; ``benchmarks/peers``). That chaining was the extra false removals measured against rensa
+  and datasketch, hence the default.
 
 ``bands``/``rows`` default to the pair that minimises the weighted false-positive and
 false-negative areas under the LSH S-curve ``1 - (1 - s^r)^b`` around ``threshold``
 (datasketch's ``_optimal_param``); with ``verify`` on, false positives are removed by the check, so
 false negatives weigh 0.8 instead of 0.5 (more candidates, fewer misses).
 
-Columns: ``minhash_component`` is the ``id`` of the component's keeper (rows with the same value
-are one near-duplicate group; a row alone is its own component), ``minhash_component_size`` the
-number of rows of this run in that component, ``minhash_jaccard`` the highest verified Jaccard
-similarity of the row to another row of its component (null when it has none or ``verify`` is off).
+Columns: ``minhash_component`` is the ``id`` of the row's keeper (rows with the same value are one
+near-duplicate group; a row alone is its own group), ``minhash_component_size`` the number of rows
+of this run in that group, ``minhash_jaccard`` the highest verified Jaccard similarity of the row to
+another row of its group (null when it has none or ``verify`` is off).
+
+Memory: the engine scores shard by shard and reads back only candidate rows' shingle lists; a call
+on an in-memory table (:func:`minhash_dedup`) hashes the table in slices of
+:data:`IN_MEMORY_ROWS` rows, keeps only the band keys, and recomputes candidate rows' shingles
+from their text, so it holds the table plus ~100 bytes a row rather than every row's shingles.
 
 Behaviour on templated data (tested on T0, ``t0_templated_50k``, at the defaults): rows that render
 one source example through different templates of its dataset are near-duplicates when the example
@@ -42,12 +58,14 @@ random permutations are multiply-add-shift hash functions ``((a x + b) mod 2^64)
 64-bit shingle hashes (datasketch uses ``(a x + b) mod (2^61 - 1)``, rensa the same shift form):
 min-wise independent only approximately, so ``tests/test_kernels.py`` checks that slot agreement
 estimates Jaccard without bias and with the binomial spread; with ``verify``, a bucket's members
-are checked against the bucket's first member only (star), so two members that both fail against
-it but match each other are linked only if another band joins them.
+are checked against the bucket's best-ranked member only (star), so two members that both fail
+against it but match each other are linked only if another band joins them.
 
-Incremental mode: the state holds each bucket key seen (with the first row that had it and that
-row's keeper), plus that row's shingle hashes when ``verify`` is on; new rows landing in a saved
-bucket are checked against it and dropped as duplicates of the earlier keeper. Old rows always stay
+Incremental mode: the state holds each bucket key seen (with its pivot: the first kept row that had
+it in keeper order, else its first row; that row's keeper and whether it was kept), plus the pivot's
+shingle hashes when ``verify`` is on; new rows landing in a saved bucket are checked against the
+pivot and dropped as duplicates of the earlier keeper (with keeper linkage, only when the pivot
+was itself kept). Old rows always stay
 kept, so if one new row bridges two earlier components both keepers stay (a run over everything at
 once would have merged them).
 """
@@ -57,7 +75,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -83,12 +101,14 @@ from pipeline.dedup import (
     text_series,
     write_dup_columns,
 )
-from pipeline.stages.base import Col, Resources, cols
+from pipeline.schema import with_decision
+from pipeline.stages.base import Col, Resources, cols, to_polars
 from pipeline.stages.functions import stage_function
 
 BANDS = "_minhash_bands"
 SHINGLES = "_minhash_shingles"
 PAIR_CHUNK = 200_000  # candidate pairs whose shingle lists are compared at once
+IN_MEMORY_ROWS = 16_384  # rows hashed at once by a call on an in-memory table
 
 
 class MinHashParams(KeeperParams):
@@ -100,6 +120,11 @@ class MinHashParams(KeeperParams):
     rows: int | None = Field(None, ge=1, description="signature values per band (default: derived)")
     verify: bool = Field(True, description="check candidate pairs against their exact shingle Jaccard")
     seed: int = Field(1, ge=0, description="MinHash seed")
+    linkage: Literal["keeper", "component"] = Field(
+        "keeper",
+        description="keeper: drop a row only when it is a near-duplicate of a kept row (greedy in keeper order); "
+                    "component: one keeper per connected component of near-duplicate pairs (datatrove's clusters)",
+    )
 
     @model_validator(mode="after")
     def _bands_rows(self) -> MinHashParams:
@@ -161,11 +186,13 @@ class MinHashDedup(DedupStage):
     minhash_probe = True
     _next_pref: int | None = None
     _pending: tuple | None = None
+    _text_frame: pl.DataFrame | None = None  # an in-memory call's table: shingles are recomputed from it
 
     def setup(self, ctx: Any = None) -> None:
         super().setup(ctx)
         self._next_pref = None
         self._pending = None
+        self._text_frame = None
 
     def state_key(self) -> dict[str, Any]:
         key = super().state_key()
@@ -173,24 +200,61 @@ class MinHashDedup(DedupStage):
         return key
 
     # ------------------------------------------------------------ per shard
-    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+    def _hashes(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+        """Shingle hashes of ``df``'s key text ``(flat, offsets)`` and its band-key column."""
         p = self.params
         b, r = p.lsh()
         flat, off = shingle_hashes(text_series(df, p.key, normalize=False), p.ngram)
-        sig = minhash_signatures(flat, off, p.num_perm, p.seed)
-        keys = band_keys(sig, b, r)
+        keys = band_keys(minhash_signatures(flat, off, p.num_perm, p.seed), b, r)
         has = np.diff(off) > 0
         bands = pl.Series(BANDS, keys).cast(pl.List(pl.UInt64))
         bands = pl.select(pl.when(pl.Series(has)).then(pl.lit(bands)).otherwise(None)).to_series().alias(BANDS)
+        return flat, off, bands
+
+    @staticmethod
+    def _shingle_lists(flat: np.ndarray, off: np.ndarray) -> pl.Series:
+        # low 32 bits suffice for a pair's Jaccard; lists may repeat a shingle (set ops ignore it)
+        vals = pa.array((flat & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+        lists = pa.LargeListArray.from_arrays(pa.array(off, type=pa.int64()), vals)
+        return pl.Series(SHINGLES, lists).cast(pl.List(pl.UInt32))
+
+    def score(self, df: pl.DataFrame) -> pl.DataFrame:
+        flat, off, bands = self._hashes(df)
         out = df.with_columns(bands)
-        if p.verify:
-            # low 32 bits suffice for a pair's Jaccard; lists may repeat a shingle (set ops ignore it)
-            vals = pa.array((flat & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-            lists = pa.LargeListArray.from_arrays(pa.array(off, type=pa.int64()), vals)
-            out = out.with_columns(pl.Series(SHINGLES, lists).cast(pl.List(pl.UInt32)))
+        if self.params.verify:
+            out = out.with_columns(self._shingle_lists(flat, off))
         else:
             out = out.with_columns(pl.lit(None, dtype=pl.List(pl.UInt32)).alias(SHINGLES))
         return response_chars(out)
+
+    def __call__(self, table: Any, ctx: Any = None) -> pl.DataFrame:
+        """The whole stage on one in-memory table, in bounded memory.
+
+        The engine scores shard by shard and reads candidate rows' shingle lists back from the
+        shard files; here the table is scored in slices of :data:`IN_MEMORY_ROWS` rows keeping only
+        the band keys (80 bytes a row at 10 bands), and the global step recomputes the shingle lists
+        of candidate rows from their text, so memory is the table plus the band keys plus one
+        slice's hashes (~20 bytes per word), not every row's shingles (4-8 bytes per word, several
+        copies of them while scoring one frame).
+        """
+        df = with_decision(to_polars(table))
+        if not self._ready or ctx is not None:
+            self.setup(ctx)
+        parts = [self._hashes(df.slice(lo, IN_MEMORY_ROWS))[2] for lo in range(0, df.height, IN_MEMORY_ROWS)]
+        bands = pl.concat(parts) if parts else pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))
+        scored = response_chars(df.with_columns(bands))
+        self._text_frame = scored if self.params.verify else None
+        return self.decide(self.score_global(scored))
+
+    def global_column(self, df: pl.DataFrame, name: str, rows: np.ndarray) -> pl.Series:
+        if name == SHINGLES and name not in df.columns and self._text_frame is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            out = []
+            for lo in range(0, len(rows), IN_MEMORY_ROWS):
+                flat, off, _ = self._hashes(self._text_frame[rows[lo:lo + IN_MEMORY_ROWS]])
+                out.append(self._shingle_lists(flat, off))
+            return pl.concat(out) if out else pl.Series(SHINGLES, [], dtype=pl.List(pl.UInt32))
+        return super().global_column(df, name, rows)
 
     # ------------------------------------------------------------ over the pool
     def score_global(self, df: pl.DataFrame) -> pl.DataFrame:
@@ -246,7 +310,11 @@ class MinHashDedup(DedupStage):
         # band by band (a loop over bands, not rows), a few bands at a time on threads (Polars
         # releases the GIL): memory stays at a few bands' keys, and only keys seen twice (a tiny
         # share) go through the group-by
-        nodes = pl.Series("node", np.arange(n, dtype=np.uint32))
+        # nodes are labelled by keeper rank, so a bucket's star centre (its smallest label) is the
+        # member the keeper policy prefers: the row most likely kept, which the others are checked
+        # against; labels go back to row positions after the bucketing
+        nodes = pl.Series("node", rank.astype(np.uint32))
+        node_of_rank = np.argsort(rank).astype(np.int64)
         in_state = np.zeros((n, b), dtype=bool) if use_state else None
 
         def band(j: int) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
@@ -254,7 +322,12 @@ class MinHashDedup(DedupStage):
             bj = by_band.get(j)
             hit = None
             if bj is not None:
-                hit = fr.join(bj.select("key", "pref", "kid"), on="key", how="inner").select("node", "pref", "kid")
+                # a saved bucket's first row that was itself dropped keeps nobody with keeper linkage
+                # (states written before the flag existed count every first row as kept)
+                kept = pl.col("kept") if "kept" in bj.columns else pl.lit(True)
+                hit = (fr.join(bj.select("key", "pref", "kid", kept.alias("kept")), on="key", how="inner")
+                       .select("node", "pref", "kid", "kept"))
+                hit = hit.with_columns(pl.Series("node", node_of_rank[hit["node"].to_numpy()], dtype=pl.UInt32))
                 in_state[hit["node"].to_numpy(), j] = True  # type: ignore[index]
                 fr = fr.join(bj.select("key"), on="key", how="anti")
             dup = fr.filter(pl.col("key").is_duplicated())
@@ -268,30 +341,38 @@ class MinHashDedup(DedupStage):
         edge_parts = [e for e, _ in per_band if e is not None]
         hit_parts = [h for _, h in per_band if h is not None]
         old_edges = None
-        old_sim = (np.zeros(0, np.int64), np.zeros(0))
+        old_sim = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
         if hit_parts:
-            hit = pl.concat(hit_parts).unique()
+            hit = pl.concat(hit_parts)
+            if p.linkage == "keeper":
+                hit = hit.filter(pl.col("kept"))
+            hit = hit.drop("kept").unique()
             if p.verify and pivots is not None and hit.height:
                 hs = hit.join(pivots, on="pref", how="left", maintain_order="left")
                 jac = node_jaccard(hs["node"].to_numpy().astype(np.int64), hs["shingles"])
                 ok = jac >= p.threshold
                 hit = hit.filter(pl.Series(ok))
-                old_sim = (hs["node"].to_numpy().astype(np.int64)[ok], jac[ok])
+                old_sim = (hs["node"].to_numpy().astype(np.int64)[ok], jac[ok],
+                           kid_index(self._old, hs["kid"].filter(pl.Series(ok))))  # type: ignore[arg-type]
             old_edges = (hit["node"].to_numpy().astype(np.int64), kid_index(self._old, hit["kid"]))  # type: ignore[arg-type]
         e = (pl.concat(edge_parts).unique() if edge_parts
              else pl.DataFrame(schema={"pivot": pl.UInt32, "node": pl.UInt32}))
-        eu, ev = e["pivot"].to_numpy().astype(np.int64), e["node"].to_numpy().astype(np.int64)
-        sim_node = [old_sim[0]]
-        sim_val = [old_sim[1]]
+        eu, ev = node_of_rank[e["pivot"].to_numpy().astype(np.int64)], node_of_rank[e["node"].to_numpy().astype(np.int64)]
+        j = np.zeros(0)
         if p.verify and len(eu):
             j = node_jaccard(eu, ev)
             ok = j >= p.threshold
             eu, ev, j = eu[ok], ev[ok], j[ok]
-            sim_node += [eu, ev]
-            sim_val += [j, j]
-        res = resolve_duplicates(n, rank, (eu, ev), old_edges, self._old)
+        res = resolve_duplicates(n, rank, (eu, ev), old_edges, self._old, linkage=p.linkage)
         jac = None
         if p.verify:
+            # a row's best verified similarity to another row of its component (with keeper linkage a
+            # verified pair may straddle two components: a row is not checked against others' keepers)
+            same = res.component[eu] == res.component[ev] if len(eu) else np.zeros(0, bool)
+            o_same = (res.keeper_old[old_sim[0]] == old_sim[2] if p.linkage == "keeper"
+                      else np.ones(len(old_sim[0]), bool))
+            sim_node = [old_sim[0][o_same], eu[same], ev[same]]
+            sim_val = [old_sim[1][o_same], j[same], j[same]]
             best = np.full(n, -1.0)
             np.maximum.at(best, np.concatenate(sim_node).astype(np.int64), np.concatenate(sim_val))
             jac = pl.Series("minhash_jaccard", np.where(best >= 0, best, np.nan)).fill_nan(None)
@@ -306,7 +387,8 @@ class MinHashDedup(DedupStage):
             out = out.with_columns(pl.lit(None, dtype=pl.Float32).alias("minhash_jaccard"))
         _, kid = self._finish(df, idx, res)
         # the state tables are built only if save_state asks for them (they copy every shingle list)
-        self._pending = (keys, in_state, kid, shingles if p.verify else None, buckets, pivots)
+        self._pending = (keys, in_state, kid, shingles if p.verify else None, buckets, pivots, res.is_dup,
+                         rank)
         self._state_new = None
         self._summary.update({"bands": b, "rows": p.lsh()[1], "candidate_edges": int(e.height),
                               "verified_edges": int(len(eu)), "no_shingles": n_participants - n})
@@ -322,23 +404,28 @@ class MinHashDedup(DedupStage):
         return pl.Series("minhash_component", out, dtype=pl.String)
 
     def _save_buckets(self, keys: np.ndarray, in_state: np.ndarray | None, kid: np.ndarray, shingles: Any,
-                      buckets: pl.DataFrame | None, pivots: pl.DataFrame | None) -> None:
-        """State: each new bucket's first row (pivot) and that row's keeper; pivot shingles if verifying."""
+                      buckets: pl.DataFrame | None, pivots: pl.DataFrame | None, is_dup: np.ndarray,
+                      rank: np.ndarray) -> None:
+        """State: each new bucket's pivot (its first kept row in keeper order, else its first row),
+        that row's keeper and whether it was kept; pivot shingles if verifying."""
         start = int(self._old_meta.extra.get("next_pref", 0)) if self._old_meta is not None else 0
         n, b = keys.shape
+        order = is_dup.astype(np.int64) * max(n, 1) + rank
         parts = []
         for j in range(b):
-            fr = pl.DataFrame({"node": np.arange(n, dtype=np.int64), "key": keys[:, j]})
+            fr = pl.DataFrame({"node": np.arange(n, dtype=np.int64), "key": keys[:, j], "o": order})
             if in_state is not None:
                 fr = fr.filter(pl.Series(~in_state[:, j]))
-            parts.append(fr.group_by("key").agg(pl.col("node").min()).with_columns(pl.lit(j, dtype=pl.UInt16).alias("band")))
+            parts.append(fr.group_by("key").agg(pl.col("node").sort_by("o").first())
+                         .with_columns(pl.lit(j, dtype=pl.UInt16).alias("band")))
         firsts = pl.concat(parts) if parts else pl.DataFrame(schema={"key": pl.UInt64, "node": pl.Int64, "band": pl.UInt16})
         piv_nodes = np.flatnonzero(np.bincount(firsts["node"].to_numpy(), minlength=len(kid)))
         pref_of = np.full(len(kid), -1, dtype=np.int64)
         pref_of[piv_nodes] = np.arange(start, start + len(piv_nodes))
         nodes = firsts["node"].to_numpy()
         new_b = firsts.select("band", "key").with_columns(
-            pl.Series("pref", pref_of[nodes]), pl.Series("kid", kid[nodes].astype(np.int64))
+            pl.Series("pref", pref_of[nodes]), pl.Series("kid", kid[nodes].astype(np.int64)),
+            pl.Series("kept", ~is_dup[nodes]),
         )
         new_p = pl.DataFrame({"pref": pref_of[piv_nodes]}).with_columns(
             (shingles(piv_nodes) if shingles is not None else pl.lit(None, dtype=pl.List(pl.UInt32))).alias("shingles")
@@ -346,7 +433,8 @@ class MinHashDedup(DedupStage):
         self._next_pref = start + len(piv_nodes)
         self._state_new = {
             "keepers": self._state_keepers,
-            "buckets": pl.concat([buckets, new_b]) if buckets is not None else new_b,
+            "buckets": (pl.concat([buckets, new_b], how="diagonal_relaxed").with_columns(pl.col("kept").fill_null(True))
+                        if buckets is not None else new_b),
             "pivots": pl.concat([pivots, new_p]) if pivots is not None else new_p,
         }
 

@@ -176,3 +176,63 @@ def test_exact_then_minhash_keeps_both_pointers(t0_sub: pl.DataFrame) -> None:
     assert (exact["dup_kind"] == "exact").all() and (exact["dup_of_row"] < 10**6).all()
     assert exact["minhash_component"].null_count() == 50  # took no part in the later stage
     assert (out.filter(pl.col("drop_reason") == "minhash:dup")["dup_kind"] == "minhash").all()
+
+
+def test_resolution_by_keeper_does_not_chain() -> None:
+    from pipeline.dedup import OldKeepers, resolve_duplicates
+
+    # a ~ b ~ c, c not near a; ranks a < b < c
+    rank = np.array([0, 1, 2])
+    edges = (np.array([0, 1]), np.array([1, 2]))
+    comp = resolve_duplicates(3, rank, edges, linkage="component")
+    assert comp.is_dup.tolist() == [False, True, True] and comp.keeper_new.tolist() == [0, 0, 0]
+    keep = resolve_duplicates(3, rank, edges, linkage="keeper")
+    assert keep.is_dup.tolist() == [False, True, False] and keep.keeper_new.tolist() == [0, 0, 2]
+    # a dropped row goes to its best-ranked kept neighbour; an old keeper outranks every new row
+    rank = np.array([2, 0, 1])
+    res = resolve_duplicates(3, rank, (np.array([0, 0]), np.array([1, 2])), linkage="keeper")
+    assert res.is_dup.tolist() == [True, False, False] and res.keeper_new[0] == 1
+    old = OldKeepers(pl.DataFrame({"kid": [0], "id": ["o"], "source": ["s"], "source_row": [0]}))
+    res = resolve_duplicates(3, rank, (np.array([0]), np.array([1])), (np.array([1]), np.array([0])), old,
+                             linkage="keeper")
+    assert res.is_dup.tolist() == [False, True, False] and res.keeper_old.tolist() == [-1, 0, -1]
+
+
+def test_keeper_linkage_drops_only_rows_near_a_kept_row(t0_sub: pl.DataFrame, t0_out: pl.DataFrame) -> None:
+    """The default linkage on real T0 chains (one passage under many templates): every dropped row
+    is within the threshold of its own keeper by a pure-Python Jaccard, while one keeper per
+    connected component (``linkage: component``) drops rows far from their keeper."""
+    comp = minhash_dedup(t0_sub, linkage="component")
+    by_id = dict(zip(t0_sub["id"].to_list(), t0_sub["messages"].to_list(), strict=True))
+
+    def far(out: pl.DataFrame) -> tuple[int, int]:
+        d = out.filter(pl.col("dup_kind") == "minhash")
+        n_far = sum(py_jaccard(py_shingles(conversation_text(m)), py_shingles(conversation_text(by_id[k]))) < 0.7
+                    for m, k in zip(d["messages"].to_list(), d["dup_of"].to_list(), strict=True))
+        return n_far, d.height
+
+    far_keep, n_keep = far(t0_out)
+    far_comp, n_comp = far(comp)
+    assert far_keep == 0 and n_keep > 300
+    assert far_comp > 0 and n_comp > n_keep
+    kept = set(t0_out.filter(pl.col("keep"))["id"].to_list())
+    assert set(t0_out.filter(pl.col("dup_kind") == "minhash")["dup_of"].to_list()) <= kept
+    # what the component rule drops on top is only rows whose keeper is not near them
+    extra = comp.filter(pl.col("dup_kind") == "minhash").join(
+        t0_out.filter(pl.col("keep")).select("id"), on="id", how="semi")
+    assert extra.height >= far_comp - 5
+
+
+def test_in_memory_call_equals_scoring_the_whole_frame(t0_sub: pl.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bounded-memory in-memory call (hashing in slices, shingles of candidates recomputed) makes
+    the same decisions as scoring the whole frame at once, as one shard of the engine would."""
+    from pipeline.schema import with_decision
+
+    st = MinHashDedup()
+    st.setup()
+    whole = st.decide(st.score_global(st.score(with_decision(t0_sub))))
+    monkeypatch.setattr("pipeline.stages.minhash.IN_MEMORY_ROWS", 997)  # several slices
+    sliced = minhash_dedup(t0_sub)
+    assert t0_sub.height > 3 * 997 and whole["keep"].sum() < t0_sub.height
+    for c in ("keep", "dup_of", "minhash_component", "minhash_jaccard"):
+        assert whole[c].equals(sliced[c]), c

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.io.readers import read_table
 from pipeline.stages.base import RunContext
-from pipeline.stages.semdedup import SemanticDedup, max_earlier
+from pipeline.stages.semdedup import SemanticDedup, max_earlier, neighbour_pairs
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
 N_BASE, N_COPY = 400, 60
@@ -55,7 +55,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> RunContext:
 
 @pytest.fixture(scope="module")
 def out(pool: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
-    return SemanticDedup(eps=0.1, keeper="first", n_clusters=8, model="minilm")(pool, ctx)
+    return SemanticDedup(eps=0.1, keeper="first", n_clusters=8, model="minilm", neighbours="cluster")(pool, ctx)
 
 
 def test_rewordings_are_dropped_as_duplicates_of_their_original(pool: pl.DataFrame, out: pl.DataFrame,
@@ -116,7 +116,7 @@ def test_rule_matches_brute_force(out: pl.DataFrame, vectors: np.ndarray) -> Non
 
 
 def test_centroid_keeper_keeps_the_farthest(pool: pl.DataFrame, ctx: RunContext, out: pl.DataFrame) -> None:
-    res = SemanticDedup(eps=0.1, keeper="centroid", n_clusters=8, model="minilm")(pool, ctx)
+    res = SemanticDedup(eps=0.1, keeper="centroid", n_clusters=8, model="minilm", neighbours="cluster")(pool, ctx)
     # the same clusters and rule, another order: as many rows dropped, from the same clusters
     assert (res["semdedup_cluster"] == out["semdedup_cluster"]).all()
     d = res.filter(pl.col("dup_kind") == "semantic")
@@ -135,7 +135,7 @@ def test_static_model_on_the_same_rows(pool: pl.DataFrame, ctx: RunContext, out:
     41 of the 60 (MiniLM: >= 54); 41 of its 51 drops are MiniLM drops."""
     from pipeline.embeddings import EmbeddingStore
 
-    st = SemanticDedup(eps=0.1, keeper="first", n_clusters=8, model="minilm-static")
+    st = SemanticDedup(eps=0.1, keeper="first", n_clusters=8, model="minilm-static", neighbours="cluster")
     res = st(pool, ctx)
     assert st.models()["embedding"]["backend"] == "model2vec (static)"
     assert SemanticDedup(eps=0.1).models()["embedding"]["model"] in ("minilm-static", "minilm")  # auto, per device
@@ -145,3 +145,55 @@ def test_static_model_on_the_same_rows(pool: pl.DataFrame, ctx: RunContext, out:
     assert res.head(N_BASE).filter(~pl.col("keep")).height <= 0.03 * N_BASE
     both = (~res["keep"]).to_numpy() & (~out["keep"]).to_numpy()
     assert both.sum() >= 0.75 * (~res["keep"]).sum()
+
+
+def test_global_mode_is_the_greedy_rule_over_brute_force_neighbours(pool: pl.DataFrame, ctx: RunContext,
+                                                                     out: pl.DataFrame, vectors: np.ndarray) -> None:
+    """The default (``neighbours: global``) against brute force over the whole pool: in keeper order
+    (row order here), a row is dropped exactly when a kept earlier row has cosine > 1 - eps, whatever
+    the clusters; the within-cluster rule misses neighbours across clusters and may drop a row for a
+    neighbour that was itself dropped."""
+    res = SemanticDedup(eps=0.1, keeper="first", model="minilm")(pool, ctx)
+    s = vectors @ vectors.T
+    kept: list[int] = []
+    ref = np.zeros(len(s), dtype=bool)
+    for j in range(len(s)):
+        if kept and (s[kept, j] > 0.9).any():
+            ref[j] = True
+        else:
+            kept.append(j)
+    drop = ~res["keep"].to_numpy()
+    assert (drop == ref).all() and ref.sum() >= 0.9 * N_COPY
+    d = res.filter(~pl.col("keep"))
+    keeper_ok = [s[a, b] > 0.9 for a, b in zip(d["source_row"].to_list(), d["dup_of_row"].to_list(), strict=True)]
+    assert all(keeper_ok)
+    assert set(d["dup_of_row"].to_list()) <= set(res.filter(pl.col("keep"))["source_row"].to_list())
+    # recall of pairs above the threshold, against brute force: global finds all, clusters a subset
+    iu, ju = np.nonzero(np.triu(s > 0.9, 1))
+    cl = out["semdedup_cluster"].to_numpy()
+    assert len(iu) > 50
+    assert (cl[iu] == cl[ju]).mean() <= 1.0
+    # every within-cluster drop that has no kept neighbour above the threshold is one global keeps
+    cdrop = ~out["keep"].to_numpy()
+    kept_c = ~cdrop
+    orphan = [j for j in np.flatnonzero(cdrop) if not (s[kept_c, j] > 0.9).any()]
+    assert not any(drop[j] for j in orphan)
+
+
+def test_neighbour_pairs_faiss_and_numpy_agree(vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    thr = 0.6
+    fa = neighbour_pairs(vectors, thr, block=97)
+    fy = neighbour_pairs(vectors[:100], thr, vectors[50:])
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # import faiss -> ImportError
+    na = neighbour_pairs(vectors, thr)
+    ny = neighbour_pairs(vectors[:100], thr, vectors[50:])
+    s = vectors @ vectors.T
+    ref = {(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(s > thr, 1)), strict=True)}
+    def pairs(p: tuple) -> set:
+        return set(zip(p[0].tolist(), p[1].tolist(), strict=True))
+
+    # pairs within float rounding of the threshold may differ between faiss, BLAS and NumPy
+    for a, b in ((fa, na), (fy, ny)):
+        assert len(pairs(a) ^ pairs(b)) <= 2 and len(pairs(a)) > 20
+    assert len(ref ^ pairs(fa)) <= 2 and len(ref) > 50
+    assert all(j >= 0 for j in fy[1]) and max(fy[0]) < 100

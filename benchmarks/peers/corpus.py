@@ -1,0 +1,192 @@
+"""The peer harness's corpora: real documents with planted near-copies and their truth.
+
+Documents are real text from ``../shared/data/real`` (every message of ShareGPT, AlpacaEval,
+T0, GPTeacher, Code Alpaca and GSM8K with at least 40 words; texts over 90 words are cut into
+consecutive 60-word documents), exact duplicates removed after whitespace folding, then every
+document that has a natural near-duplicate among the others (word 5-gram Jaccard >= 0.5 on a
+dense 20x5 LSH, all pairs of each bucket checked exactly; buckets of more than 64 documents,
+template boilerplate, are dropped whole) is removed, so that the only near-duplicates are the
+planted ones and a removal outside a planted pair is a false removal. A corpus of
+``n`` rows draws ``n - n * copies`` documents (seeded) and plants ``n * copies`` near-copies of
+other drawn documents, each with ``edit`` of its words edited (at least one: a word replaced by a
+word of another document, deleted, or a word inserted), then shuffles the rows.
+
+Written to ``DIR/docs_{n}.parquet`` with ``row`` (0..n-1, the file order), ``text`` and ``group``
+(the planted pair's id on both the original and its copy; -1 elsewhere).
+
+    python benchmarks/peers/corpus.py --sizes 100000,300000 --out /tmp/peers-data
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
+FILES = ["sharegpt_17k.parquet", "alpaca_eval_judged.parquet", "alpaca_eval_reference.parquet",
+         "t0_templated_50k.parquet", "gpteacher_roleplay.json.gz", "gpteacher_codegen.json.gz",
+         "gpteacher_toolformer_dedupe_only.json.gz", "new_codealpaca.json.gz", "code_alpaca_2k.json.gz",
+         "gsm8k_train.jsonl.gz", "gsm8k_test.jsonl.gz"]
+MIN_WORDS, CUT_OVER, CHUNK = 40, 90, 60
+
+
+def real_texts() -> list[str]:
+    """Every message text of the real files (read with the project's own reader: all formats)."""
+    import polars as pl
+
+    from pipeline.io.readers import read_table
+
+    out: list[str] = []
+    for f in FILES:
+        df, _ = read_table(str(REAL / f))
+        s = df.select(pl.col("messages").list.eval(pl.element().struct.field("content")).alias("c")).explode("c")["c"]
+        out += s.drop_nulls().to_list()
+    return out
+
+
+def documents() -> list[str]:
+    """Real documents of 40+ words (long texts cut into 60-word pieces), exact duplicates removed."""
+    seen: set[str] = set()
+    docs: list[str] = []
+    for t in real_texts():
+        words = t.split()
+        if len(words) < MIN_WORDS:
+            continue
+        pieces = [words] if len(words) <= CUT_OVER else [words[i:i + CHUNK] for i in range(0, len(words), CHUNK)]
+        for p in pieces:
+            if len(p) < MIN_WORDS:
+                continue
+            d = " ".join(p)
+            if d not in seen:
+                seen.add(d)
+                docs.append(d)
+    return docs
+
+
+def without_near_duplicates(docs: list[str], threshold: float = 0.5, bands: int = 20, rows: int = 5,
+                            max_bucket: int = 64) -> list[str]:
+    """``docs`` less every document with a near-duplicate among them (see the module docstring)."""
+    import polars as pl
+
+    from pipeline._kernels import pair_jaccard
+    from pipeline.dedup import band_keys, minhash_signatures, shingle_hashes
+
+    flat, off = shingle_hashes(pl.Series(docs), 5)
+    keys = band_keys(minhash_signatures(flat, off, bands * rows, 7), bands, rows)
+    bad = np.zeros(len(docs), dtype=bool)
+    pairs = []
+    node = np.arange(len(docs), dtype=np.int64)
+    for j in range(bands):
+        fr = pl.DataFrame({"node": node, "key": keys[:, j]})
+        size = fr.group_by("key").len()
+        big = fr.join(size.filter(pl.col("len") > max_bucket), on="key", how="semi")["node"].to_numpy()
+        bad[big] = True
+        small = fr.join(size.filter((pl.col("len") > 1) & (pl.col("len") <= max_bucket)), on="key", how="semi")
+        pr = small.join(small, on="key").filter(pl.col("node") < pl.col("node_right"))
+        pairs.append(pr.select("node", "node_right"))
+    pr = pl.concat(pairs).unique()
+    a, b = pr["node"].to_numpy(), pr["node_right"].to_numpy()
+    vals = (flat & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    jac = pair_jaccard(vals, off, a, vals, off, b)
+    near = jac >= threshold
+    bad[a[near]] = True
+    bad[b[near]] = True
+    return [d for d, x in zip(docs, bad, strict=True) if not x]
+
+
+def edit(doc: str, frac: float, rng: np.random.Generator, vocab: list[str]) -> str:
+    words = doc.split(" ")
+    k = max(1, int(round(frac * len(words))))
+    for _ in range(k):
+        op = rng.integers(3)
+        i = int(rng.integers(len(words)))
+        if op == 0:
+            words[i] = vocab[int(rng.integers(len(vocab)))]
+        elif op == 1 and len(words) > 2:
+            del words[i]
+        else:
+            words.insert(i, vocab[int(rng.integers(len(vocab)))])
+    return " ".join(words)
+
+
+def build(n: int, docs: list[str], copies: float = 0.05, frac: float = 0.01, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    n_copy = int(n * copies)
+    n_base = n - n_copy
+    if n_base > len(docs):
+        raise SystemExit(f"only {len(docs):,} real documents, {n_base:,} needed")
+    base = [docs[i] for i in rng.choice(len(docs), n_base, replace=False)]
+    vocab = re.findall(r"[A-Za-z]{3,12}", " ".join(base[:2000]))
+    orig = rng.choice(n_base, n_copy, replace=False)
+    texts = base + [edit(base[i], frac, rng, vocab) for i in orig]
+    group = np.full(n, -1, dtype=np.int64)
+    group[orig] = np.arange(n_copy)
+    group[n_base:] = np.arange(n_copy)
+    order = rng.permutation(n)
+    return pa.table({"row": np.arange(n, dtype=np.int64), "text": [texts[i] for i in order], "group": group[order]})
+
+
+INSTRUCTION_FILES = ["gpteacher_toolformer_dedupe_only.json.gz", "gpteacher_codegen.json.gz", "new_codealpaca.json.gz",
+                     "code_alpaca_2k.json.gz", "gpteacher_roleplay.json.gz"]
+
+
+def instructions(n: int, out: Path) -> Path:
+    """The SemDeDup corpus: the first user turns of real instruction sets (GPTeacher toolformer, whose
+    authors similarity-deduplicated it at 0.6-0.9 and ship the sets, then code and roleplay sets;
+    semantic near-duplicates occur naturally), ``n`` of them drawn (seeded), written to ``instr_{n}.parquet``."""
+    import polars as pl
+
+    from pipeline.io.readers import read_table
+
+    texts: list[str] = []
+    for f in INSTRUCTION_FILES:
+        df, _ = read_table(str(REAL / f))
+        texts += df.select(pl.col("messages").list.first().struct.field("content"))["content"].to_list()
+    texts = [t for t in texts if t and t.strip()]
+    texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:n]]
+    path = out / f"instr_{n}.parquet"
+    pq.write_table(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}), path)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,300000")
+    ap.add_argument("--out", default="/tmp/peers-data")
+    ap.add_argument("--copies", type=float, default=0.05, help="share of rows that are planted copies")
+    ap.add_argument("--edit", type=float, default=0.01, help="share of a copy's words edited")
+    ap.add_argument("--natural", action="store_true",
+                    help="keep the real data's own near-duplicates (files docs_{n}_natural.*): the corpus for "
+                         "comparing how tools treat chains of near-duplicates")
+    ap.add_argument("--instructions", type=int, help="write only the SemDeDup corpus of this many instructions")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.instructions:
+        print(instructions(a.instructions, out))
+        return
+    docs = documents()
+    tag = "_natural" if a.natural else ""
+    if not a.natural:
+        clean = without_near_duplicates(docs)
+        print(f"{len(docs):,} real documents, {len(clean):,} without a near-duplicate among them")
+        docs = clean
+    for n in (int(x) for x in a.sizes.split(",")):
+        t = build(n, docs, a.copies, a.edit)
+        pq.write_table(t, out / f"docs_{n}{tag}.parquet")
+        # the project reads the same texts as single-turn prompt/completion rows; dedup key: response
+        proj = pa.table({"prompt": pa.array([f"doc {i}" for i in range(n)]), "completion": t["text"]})
+        pq.write_table(proj, out / f"docs_{n}{tag}.project.parquet")
+        print(f"{n:,} rows -> {out}/docs_{n}{tag}.parquet ({int((t['group'].to_numpy() >= 0).sum()) // 2:,} planted pairs)")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    main()

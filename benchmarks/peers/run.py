@@ -1,0 +1,358 @@
+"""The peer harness: the project end to end against its peers, each at its best, on the same corpora.
+
+Every case is one fresh process (a peer in its own virtualenv, see ``setup_venvs.sh``), timed from
+launch to exit: start-up, reading the input, the work and writing the output are all inside. Cases
+are alternated (run 1 of every tool, then run 2, ...), and the table gives the min and median wall
+seconds, the peak RSS of the whole process tree (sampled every 50 ms, children included: pools,
+executors, Prefect's server), recall (planted pairs with one member removed) and false removals
+(removed rows outside a planted pair, plus the second member where both of a pair were removed),
+against the truth written by ``corpus.py``.
+
+    python benchmarks/peers/run.py minhash --sizes 100000,300000 --runs 3
+    python benchmarks/peers/run.py minhash --sizes 10000 --runs 1 --tools curate-local,rensa   # smoke
+    python benchmarks/peers/run.py semdedup --sizes 5000 --runs 2     # corpus.py --instructions 5000 first
+    python benchmarks/peers/run.py embed --sizes 3000 --runs 2        # corpus.py --instructions 3000 first
+
+MinHash settings shared by every tool: word 5-grams, 10 bands x 12 rows, Jaccard 0.7 where a tool
+checks candidates (the project: exact shingle Jaccard; rensa, datasketch: their signature estimate;
+datatrove: no check, clusters of LSH collisions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PROJECT_PY = sys.executable
+MH = {"bands": 10, "rows": 12, "threshold": 0.7}
+
+
+def tree_rss(p: psutil.Process) -> int:
+    total = 0
+    for q in [p, *p.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += q.memory_info().rss
+    return total
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS of the process tree (MB) and stdout of ``cmd``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, tree_rss(ps))
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {err.read().decode(errors='replace')[-3000:]}")
+    return wall, peak / 2**20, stdout
+
+
+def project_env() -> dict[str, str]:
+    """The project's environment: its own Prefect home (no other work's database), and a longer wait
+    for Prefect's ephemeral API server, which needs more than its default 20 s on a loaded machine."""
+    home = Path(tempfile.gettempdir()) / "peers-prefect-home"
+    home.mkdir(exist_ok=True)
+    return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_HOME": str(home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+
+
+# ---------------------------------------------------------------- tools: (cmd, removed-rows reader)
+
+
+def curate_cli(engine: str) -> Any:
+    def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+        src = data.with_suffix(".project.parquet")
+        cfg = tmp / "minhash.yaml"
+        cfg.write_text(json.dumps({
+            "run": {"name": "peers", "out": str(tmp / "runs")},
+            "sources": [{"path": str(src)}],
+            "stages": [{"stage": "minhash_dedup", "key": "response", "ngram": 5, "num_perm": 128, **MH}],
+            "flow": {"work_dir": str(tmp / "work")},
+        }))
+        curate = str(Path(PROJECT_PY).with_name("curate"))
+
+        def removed() -> np.ndarray:
+            run = next((tmp / "runs").iterdir())
+            t = pq.read_table(run / "shards", columns=["source_row", "keep"])
+            return t["source_row"].to_numpy()[~t["keep"].to_numpy(zero_copy_only=False)]
+
+        return [curate, "run", str(cfg), "--engine", engine, "--quiet"], removed, project_env()
+    return case
+
+
+def curate_python(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+    dst = tmp / "removed.parquet"
+    return ([PROJECT_PY, str(HERE / "minhash_project_python.py"), str(data), str(dst), json.dumps(MH)],
+            lambda: pq.read_table(dst)["row"].to_numpy(), project_env())
+
+
+def peer(name: str) -> Any:
+    def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+        dst = tmp / "removed.parquet"
+        py = str(Path(os.environ.get("PEERS", "/tmp/peers")) / name / "bin" / "python")
+        return ([py, str(HERE / f"minhash_{name}.py"), str(data), str(dst), json.dumps(MH)],
+                lambda: pq.read_table(dst)["row"].to_numpy(), {**os.environ, "PYTHONPATH": ""})
+    return case
+
+
+def sem_project(neighbours: str) -> Any:
+    def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+        dst = tmp / "removed.parquet"
+        cfg = json.dumps({"eps": EPS, "neighbours": neighbours})
+        return ([PROJECT_PY, str(HERE / "semdedup_project.py"), str(data), str(dst), cfg],
+                lambda: pq.read_table(dst)["row"].to_numpy(), project_env())
+    return case
+
+
+def sem_peer(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+    dst = tmp / "removed.parquet"
+    py = str(Path(os.environ.get("PEERS", "/tmp/peers")) / "semhash" / "bin" / "python")
+    return ([py, str(HERE / "semdedup_semhash.py"), str(data), str(dst), json.dumps({"eps": EPS})],
+            lambda: pq.read_table(dst)["row"].to_numpy(), {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"})
+
+
+EPS = 0.05
+SEM_TOOLS = {
+    "curate-global": ("`semantic_dedup(table)` (Python; default `neighbours: global`)", sem_project("global")),
+    "curate-cluster": ("`semantic_dedup(table, neighbours='cluster')` (the paper's within-cluster rule)",
+                       sem_project("cluster")),
+    "semhash": ("semhash 0.5 (`self_deduplicate`, usearch ANN, same MiniLM)", sem_peer),
+}
+
+
+def sem_truth(data: Path) -> np.ndarray:
+    """Brute-force neighbour pairs above 1 - eps over the whole pool (the same MiniLM vectors)."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.embeddings import encode
+
+    x = encode(pq.read_table(data, columns=["text"])["text"].to_pylist())
+    s = x @ x.T
+    np.fill_diagonal(s, -1)
+    return s > 1.0 - EPS
+
+
+def sem_score(removed: np.ndarray, near: np.ndarray) -> tuple[float, int, int]:
+    """(recall of brute-force pairs: share with a member removed; removals with no kept row above
+    the threshold; kept rows with another kept row above the threshold)."""
+    gone = np.zeros(len(near), dtype=bool)
+    gone[removed] = True
+    iu, ju = np.nonzero(np.triu(near, 1))
+    recall = float((gone[iu] | gone[ju]).mean()) if len(iu) else 1.0
+    kept = ~gone
+    unjustified = int((gone & ~(near[:, kept].any(axis=1))).sum())
+    kept_pairs = int((kept & near[:, kept].any(axis=1)).sum())
+    return recall, unjustified, kept_pairs
+
+
+PREFECT_PORT = 4297
+
+
+def prefect_server_env() -> dict[str, str]:
+    return {**project_env(), "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api"}
+
+
+@contextlib.contextmanager
+def prefect_server() -> Any:
+    """A Prefect API server for the run (as a nightly deployment has one), started before timing."""
+    import urllib.request
+
+    env = project_env()
+    proc = subprocess.Popen([str(Path(PROJECT_PY).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(PREFECT_PORT)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{PREFECT_PORT}/api/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def curate_cli_server(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+    cmd, removed, _ = curate_cli("prefect")(data, tmp)
+    return cmd, removed, prefect_server_env()
+
+
+TOOLS = {
+    "curate-local": ("`curate run --engine local` (CLI, all cores)", curate_cli("local")),
+    "curate-prefect": ("`curate run` (CLI, default Prefect engine; ephemeral API server started by the run)",
+                       curate_cli("prefect")),
+    "curate-prefect-server": ("`curate run` (CLI, Prefect engine, API server already running)", curate_cli_server),
+    "curate-python": ("`minhash_dedup(table)` (Python, in memory)", curate_python),
+    "rensa": ("rensa 0.5 (bulk R-MinHash, RMinHashLSH)", peer("rensa")),
+    "datasketch": ("datasketch 2.0 (`MinHash.bulk` on all cores, MinHashLSH)", peer("datasketch")),
+    "datatrove": ("datatrove 0.10.1 (4-stage MinHash, all cores)", peer("datatrove")),
+}
+
+
+def score(removed: np.ndarray, group: np.ndarray) -> tuple[float, int]:
+    gone = np.zeros(len(group), dtype=bool)
+    gone[removed] = True
+    planted = group >= 0
+    per_pair = np.bincount(group[planted & gone], minlength=int(group.max()) + 1)
+    recall = float((per_pair >= 1).mean())
+    false = int((gone & ~planted).sum() + (per_pair == 2).sum())
+    return recall, false
+
+
+def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
+    tools = [t for t in a.tools.split(",") if t in SEM_TOOLS] or list(SEM_TOOLS)
+    for n in (int(x) for x in a.sizes.split(",")):
+        data = Path(a.data) / f"instr_{n}.parquet"
+        near = sem_truth(data)
+        res: dict[str, list[dict]] = {t: [] for t in tools}
+        for r in range(a.runs):
+            for t in tools:
+                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+                try:
+                    cmd, removed, env = SEM_TOOLS[t][1](data, tmp)
+                    wall, rss, _ = timed(cmd, env=env)
+                    gone = removed()
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                recall, unjust, kept_pairs = sem_score(gone, near)
+                one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "removed": len(gone),
+                       "recall": recall, "unjustified": unjust, "kept_near": kept_pairs, "load": os.getloadavg()[0]}
+                res[t].append(one)
+                rows.append(one)
+                print(json.dumps(one), flush=True)
+        n_pairs = int(np.triu(near, 1).sum())
+        print(f"\n{data.name}: {n:,} real instructions, {n_pairs:,} brute-force pairs above cos {1 - EPS:.2f} "
+              f"(MiniLM); {a.runs} run(s) alternated\n")
+        print("| tool | wall s min | wall s median | peak RSS MB (tree) | removed | recall of pairs | "
+              "removed without a kept neighbour | kept rows with a kept neighbour | load (1 min) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for t in tools:
+            rs = res[t]
+            w = [x["wall_s"] for x in rs]
+            print(f"| {SEM_TOOLS[t][0]} | {min(w):.1f} | {statistics.median(w):.1f} | {max(x['rss_mb'] for x in rs):,.0f} "
+                  f"| {rs[0]['removed']:,} | {rs[0]['recall']:.3f} | {rs[0]['unjustified']:,} | {rs[0]['kept_near']:,} "
+                  f"| {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
+
+
+def embed(a: argparse.Namespace, rows: list[dict]) -> None:
+    """Embedding throughput: the project's stage against a bare ``SentenceTransformer.encode`` of the
+    same MiniLM on the same texts; vectors compared (max |difference|)."""
+    peers = Path(os.environ.get("PEERS", "/tmp/peers"))
+    for n in (int(x) for x in a.sizes.split(",")):
+        data = Path(a.data) / f"instr_{n}.parquet"
+        cases = {
+            "curate": ("sft-curate `embed_frame` (instruction view, batch 64)",
+                       [PROJECT_PY, str(HERE / "embed_project.py")], project_env()),
+            "st": ("bare `SentenceTransformer.encode` (batch 64, length-sorted by encode)",
+                   [str(peers / "st" / "bin" / "python"), str(HERE / "embed_st.py")],
+                   {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}),
+        }
+        res: dict[str, list[dict]] = {t: [] for t in cases}
+        vec: dict[str, np.ndarray] = {}
+        for r in range(a.runs):
+            for t, (_, cmd, env) in cases.items():
+                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+                try:
+                    wall, rss, _ = timed([*cmd, str(data), str(tmp / "v.npy")], env=env)
+                    vec[t] = np.load(tmp / "v.npy")
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "load": os.getloadavg()[0]}
+                res[t].append(one)
+                rows.append(one)
+                print(json.dumps(one), flush=True)
+        diff = float(np.abs(vec["curate"] - vec["st"]).max())
+        print(f"\n{data.name}: {n:,} real instructions; {a.runs} run(s) alternated; "
+              f"max |vector difference| {diff:.2e}\n")
+        print("| implementation | wall s min | wall s median | texts/s (min wall) | peak RSS MB (tree) | load (1 min) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for t, (label, _, _) in cases.items():
+            w = [x["wall_s"] for x in res[t]]
+            print(f"| {label} | {min(w):.1f} | {statistics.median(w):.1f} | {n / min(w):,.0f} | "
+                  f"{max(x['rss_mb'] for x in res[t]):,.0f} | "
+                  f"{min(x['load'] for x in res[t]):.1f}-{max(x['load'] for x in res[t]):.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["minhash", "semdedup", "embed"])
+    ap.add_argument("--sizes", default="100000")
+    ap.add_argument("--data", default="/tmp/peers-data", help="corpus.py's output directory")
+    ap.add_argument("--corpus", default="docs_{n}", help="file stem, e.g. docs_{n}_natural")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--json", help="also write every run's figures here")
+    a = ap.parse_args()
+    rows: list[dict] = []
+    print(f"# {platform.node()} {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
+          f"load {os.getloadavg()}", flush=True)
+    if a.what in ("semdedup", "embed"):
+        (semdedup if a.what == "semdedup" else embed)(a, rows)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=1))
+        return
+    tools = a.tools.split(",")
+    for n in (int(x) for x in a.sizes.split(",")):
+        data = Path(a.data) / (a.corpus.format(n=n) + ".parquet")
+        group = pq.read_table(data, columns=["group"])["group"].to_numpy()
+        res: dict[str, list[dict]] = {t: [] for t in tools}
+        server = prefect_server() if "curate-prefect-server" in tools else contextlib.nullcontext()
+        with server:
+            minhash_runs(a, tools, data, group, res, rows, n)
+        print(f"\n{data.name}: {n:,} rows, {int((group >= 0).sum()) // 2:,} planted pairs; {a.runs} run(s) alternated\n")
+        print("| tool | wall s min | wall s median | peak RSS MB (tree) | recall | false removals | load (1 min) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for t in tools:
+            rs = res[t]
+            w = [x["wall_s"] for x in rs]
+            print(f"| {TOOLS[t][0]} | {min(w):.1f} | {statistics.median(w):.1f} | {max(x['rss_mb'] for x in rs):,.0f} | "
+                  f"{rs[0]['recall']:.3f} | {rs[0]['false']:,} | {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+def minhash_runs(a: argparse.Namespace, tools: list[str], data: Path, group: np.ndarray, res: dict, rows: list,
+                 n: int) -> None:
+    for r in range(a.runs):
+        for t in tools:
+            tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+            try:
+                cmd, removed, env = TOOLS[t][1](data, tmp)
+                wall, rss, _ = timed(cmd, env=env)
+                recall, false = score(removed(), group)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "recall": recall, "false": false,
+                   "load": os.getloadavg()[0]}
+            res[t].append(one)
+            rows.append(one)
+            print(json.dumps(one), flush=True)
+
+
+if __name__ == "__main__":
+    main()
