@@ -421,22 +421,8 @@ def resolve_duplicates(
     """
     if linkage == "keeper":
         return _resolve_by_keeper(n, rank, edges, old_edges, old)
-    m = old.n if old is not None else 0
-    eu = [np.zeros(0, np.int64)]
-    ev = [np.zeros(0, np.int64)]
-    if edges is not None:
-        eu.append(np.asarray(edges[0], np.int64))
-        ev.append(np.asarray(edges[1], np.int64))
-    if old_edges is not None and m:
-        eu.append(np.asarray(old_edges[0], np.int64))
-        ev.append(np.asarray(old_edges[1], np.int64) + n)
-    label = connected_components(n + m, np.concatenate(eu), np.concatenate(ev))
-    # old keepers outrank every new row, and among themselves go by first seen (kid)
-    full_rank = np.empty(n + m, dtype=np.int64)
-    full_rank[:n] = rank
-    if m:
-        kid = old.frame["kid"].to_numpy()  # type: ignore[union-attr]
-        full_rank[n:] = np.argsort(np.argsort(kid, kind="stable"), kind="stable") - m
+    m, eu, ev, full_rank = _joint_graph(n, rank, edges, old_edges, old)
+    label = connected_components(n + m, eu, ev)
     best = np.full(n + m, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(best, label, full_rank)
     winner = np.full(n + m, -1, dtype=np.int64)
@@ -450,6 +436,28 @@ def resolve_duplicates(
         keeper_old=np.where(keeper >= n, keeper - n, -1),
         component_size=sizes.astype(np.int64),
     )
+
+
+def _joint_graph(n: int, rank: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None,
+                 old_edges: tuple[np.ndarray, np.ndarray] | None, old: OldKeepers | None
+                 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """The graph both linkages resolve: ``n`` new rows then the ``m`` old keepers (``old_edges`` point
+    at them), as ``(m, u, v, full_rank)``. Old keepers outrank every new row, and among themselves go
+    by first seen (``kid``)."""
+    m = old.n if old is not None else 0
+    us, vs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    if edges is not None:
+        us.append(np.asarray(edges[0], np.int64))
+        vs.append(np.asarray(edges[1], np.int64))
+    if old_edges is not None and m:
+        us.append(np.asarray(old_edges[0], np.int64))
+        vs.append(np.asarray(old_edges[1], np.int64) + n)
+    full_rank = np.empty(n + m, dtype=np.int64)
+    full_rank[:n] = rank
+    if m:
+        kid = old.frame["kid"].to_numpy()  # type: ignore[union-attr]
+        full_rank[n:] = np.argsort(np.argsort(kid, kind="stable"), kind="stable") - m
+    return m, np.concatenate(us), np.concatenate(vs), full_rank
 
 
 def _resolve_by_keeper(
@@ -466,21 +474,8 @@ def _resolve_by_keeper(
     rounds repeat until every row is decided (as many rounds as the longest chain of alternating
     decisions, a handful on real data), each one pass over the edges.
     """
-    m = old.n if old is not None else 0
-    us = [np.zeros(0, np.int64)]
-    vs = [np.zeros(0, np.int64)]
-    if edges is not None:
-        us.append(np.asarray(edges[0], np.int64))
-        vs.append(np.asarray(edges[1], np.int64))
-    if old_edges is not None and m:
-        us.append(np.asarray(old_edges[0], np.int64))
-        vs.append(np.asarray(old_edges[1], np.int64) + n)
-    u, v = np.concatenate(us), np.concatenate(vs)
-    full_rank = np.empty(n + m, dtype=np.int64)
-    full_rank[:n] = rank
-    if m:
-        kid = old.frame["kid"].to_numpy()  # type: ignore[union-attr]
-        full_rank[n:] = np.argsort(np.argsort(kid, kind="stable"), kind="stable") - m
+    m, u, v, full_rank = _joint_graph(n, rank, edges, old_edges, old)
+    u_all, v_all = u, v  # self-loops included, as the keeper lookup below had them
     if n == 0:
         z = np.zeros(0, np.int64)
         return Resolution(component=z, keeper_new=z, keeper_old=z, component_size=z)
@@ -511,7 +506,6 @@ def _resolve_by_keeper(
         a, b = a[live], b[live]
     status[status == undecided] = kept  # rows without an undecided edge left
     # the keeper of a dropped row: its best-ranked kept better neighbour
-    u_all, v_all = np.concatenate(us), np.concatenate(vs)
     swap = full_rank[u_all] > full_rank[v_all]
     a_all = np.where(swap, v_all, u_all)
     b_all = np.where(swap, u_all, v_all)
