@@ -269,7 +269,7 @@ def _source_columns(cfg: Config) -> set[str]:
     return cols
 
 
-def _check_stage_chain(cfg: Config) -> list[str]:
+def check_stages(cfg: Config) -> list[str]:
     """The checks that need the configured stages: each builds, each one's required columns are
     written by an earlier stage (or canonical), and a stateful stage is not listed twice in a run
     that keeps state (see :mod:`pipeline.stages.contract`)."""
@@ -321,7 +321,7 @@ def load_config(source: str | Path | dict[str, Any], base_dir: str | Path | None
         except ValidationError as e:
             problems += _error_lines(e, raw, ("stages", i), allowed=sorted(cls.Params.model_fields))
     if not problems:
-        problems += _check_stage_chain(cfg)
+        problems += check_stages(cfg)
     for i, src in enumerate(cfg.sources):
         if src.container in ("auto", "jsonl", "json", "parquet", "csv", "tsv", "hf_disk") and not cfg.resolve(src.path).exists():
             problems.append(f"sources[{i}].path: no such file or directory: {cfg.resolve(src.path)}")

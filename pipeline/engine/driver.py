@@ -169,9 +169,11 @@ def _finalize(chain: ShardChain, run_dir: str, write_shard: bool, schema: Any, a
 
 
 def _resources(plan: Plan, indices: list[int]) -> Any:
+    """What a segment's stages need together (their declared class-level ``resources``)."""
+    from pipeline.stages import get_stage
     from pipeline.stages.base import Resources
 
-    res = [plan.spec(i).build().resources for i in indices]
+    res = [get_stage(plan.spec(i).name).resources for i in indices]
     if not res:
         return None
     return Resources(cpus=max(r.cpus for r in res), gpus=max(r.gpus for r in res),

@@ -183,9 +183,9 @@ def run_night(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, ma
     cut = next((i for i, s in enumerate(stages) if s.is_selector), len(stages))
     base_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={
         "state_in": ledger.state_dir, "save_state": True})})
-    from pipeline.config import ConfigError, _check_stage_chain
+    from pipeline.config import ConfigError, check_stages
 
-    problems = _check_stage_chain(base_cfg)  # nights keep state: a stateful stage twice is an error here
+    problems = check_stages(base_cfg)  # nights keep state: a stateful stage twice is an error here
     if problems:
         raise ConfigError("invalid config for incremental runs\n  " + "\n  ".join(problems))
     ctx = make_context(base_cfg, run_dir, cache_dir=layout.sidecars)

@@ -60,11 +60,6 @@ def hkey(*parts: Any) -> str:
     return xxhash.xxh3_128_hexdigest("\x1f".join(str(p) for p in parts).encode())
 
 
-def is_stateful(stage: Stage) -> bool:
-    """Whether a stage persists state for incremental runs (overrides :meth:`Stage.save_state`)."""
-    return type(stage).save_state is not Stage.save_state
-
-
 def _is_local_path(annotation: Any) -> bool:
     """Whether a params field's annotation is (or contains) :data:`pipeline.stages.base.LocalPath`."""
     from pipeline.stages.base import _resolve_path

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.config import Config
-from pipeline.engine.keys import STORE_VERSION, hkey, is_stateful, package_version, stage_input_key
+from pipeline.engine.keys import STORE_VERSION, hkey, package_version, stage_input_key
 from pipeline.engine.store import WorkStore
 from pipeline.io.fingerprint import file_fingerprint
 from pipeline.stages.base import RunContext, Stage
@@ -95,7 +95,7 @@ def build_plan(stages: list[Stage] | list[tuple[str, dict[str, Any]]], ctx: RunC
     fp_cache = WorkStore(store_root).fingerprint_cache()
     specs = []
     for i, st in enumerate(built, start=start_index):
-        stateful = is_stateful(st)
+        stateful = st.has_state()
         state_fp = "-"
         if stateful and ctx.state_in is not None and (ctx.state_in / st.name).exists():
             state_fp = file_fingerprint(ctx.state_in / st.name, fp_cache)
