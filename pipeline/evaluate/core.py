@@ -259,6 +259,13 @@ def load_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def vs_random_rows(summary: dict[str, Any]) -> list[tuple[str, list[dict[str, float] | None]]]:
+    """``(arm, [paired bootstrap vs random per target, or None])`` for every arm but random: the rows
+    both the terminal table and the report section show."""
+    return [(a, [summary["vs_random"].get(t, {}).get(a) for t in summary["targets"]])
+            for a in summary["arms"] if a != "random"]
+
+
 def format_table(doc: dict[str, Any]) -> str:
     """The terminal table: arms x targets, mean [95% interval over seeds], and the difference to random."""
     s = doc["summary"]
@@ -280,12 +287,7 @@ def format_table(doc: dict[str, Any]) -> str:
     if s["vs_random"]:
         lines += ["", "paired bootstrap over target items, arm minus random (95% interval):"]
         lines.append(f"{'arm':<{w}} " + " ".join(f"{t:>28}" for t in s["targets"]))
-        for a in s["arms"]:
-            if a == "random":
-                continue
-            cells = []
-            for t in s["targets"]:
-                b = s["vs_random"].get(t, {}).get(a)
-                cells.append(f"{b['diff']:+.4f} [{b['lo']:+.3f},{b['hi']:+.3f}]".rjust(28) if b else f"{'-':>28}")
+        for a, diffs in vs_random_rows(s):
+            cells = [f"{b['diff']:+.4f} [{b['lo']:+.3f},{b['hi']:+.3f}]".rjust(28) if b else f"{'-':>28}" for b in diffs]
             lines.append(f"{a:<{w}} " + " ".join(cells))
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pipeline.evaluate.core import load_evaluation
+from pipeline.evaluate.core import load_evaluation, vs_random_rows
 
 
 def _fmt(c: dict[str, Any], acc: bool) -> str:
@@ -71,13 +71,9 @@ def evaluation_section_html(run_dir: str | Path) -> str | None:
         body.append(f"<tr><td>{html.escape(a)}</td>{cells}</tr>")
     vs = []
     if s["vs_random"]:
-        for a in s["arms"]:
-            if a == "random":
-                continue
-            cells = []
-            for t in s["targets"]:
-                b = s["vs_random"].get(t, {}).get(a)
-                cells.append(f'<td class="num">{b["diff"]:+.4f} [{b["lo"]:+.4f}, {b["hi"]:+.4f}]</td>' if b else "<td>-</td>")
+        for a, diffs in vs_random_rows(s):
+            cells = [f'<td class="num">{b["diff"]:+.4f} [{b["lo"]:+.4f}, {b["hi"]:+.4f}]</td>' if b else "<td>-</td>"
+                     for b in diffs]
             vs.append(f"<tr><td>{html.escape(a)}</td>{''.join(cells)}</tr>")
     png = evaluation_plot_png(doc)
     fig = ""
