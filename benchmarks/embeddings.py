@@ -97,6 +97,21 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(roc_auc_score(y, np.r_[pos, neg]))
 
 
+def edit_rate_rows(encode: Any, texts: list[str], copies: dict[float, list[str]]) -> dict[str, dict[str, float]]:
+    """Per edit rate: each edited copy's similarity to its own original (positive) against its
+    most similar other original (negative): AUROC, recall@1 and the medians."""
+    o = encode(texts)
+    rows = {}
+    for r in EDIT_RATES:
+        sim = encode(copies[r]) @ o.T
+        pos = np.diag(sim).copy()
+        np.fill_diagonal(sim, -np.inf)
+        neg = sim.max(axis=1)
+        rows[str(r)] = {"auroc": round(auroc(pos, neg), 4), "recall_at_1": round(float((pos > neg).mean()), 4),
+                        "median_pos": round(float(np.median(pos)), 4), "median_neg": round(float(np.median(neg)), 4)}
+    return rows
+
+
 # ---------------------------------------------------------------- near duplicates: edited copies
 
 
@@ -146,17 +161,7 @@ def near_dup_quality(texts: list[str], work: Path, semhash_py: str | None) -> di
     copies = {r: [edit(t, r, rng, vocab) for t in texts] for r in EDIT_RATES}
     res: dict[str, Any] = {"originals": len(texts), "rates": list(EDIT_RATES), "models": {}}
     for m in MODELS:
-        o = embed(texts, m, work)
-        rows = {}
-        for r in EDIT_RATES:
-            c = embed(copies[r], m, work)
-            sim = c @ o.T
-            pos = np.diag(sim).copy()
-            np.fill_diagonal(sim, -np.inf)
-            neg = sim.max(axis=1)
-            rows[str(r)] = {"auroc": round(auroc(pos, neg), 4), "recall_at_1": round(float((pos > neg).mean()), 4),
-                            "median_pos": round(float(np.median(pos)), 4), "median_neg": round(float(np.median(neg)), 4)}
-        res["models"][m] = rows
+        res["models"][m] = edit_rate_rows(lambda t, m=m: embed(t, m, work), texts, copies)
     # semhash's own vectors: model2vec's batched encode (pads short texts with [PAD], see static_embeddings)
     try:
         from model2vec import StaticModel
@@ -164,17 +169,7 @@ def near_dup_quality(texts: list[str], work: Path, semhash_py: str | None) -> di
         from pipeline.models import resolve_model
 
         sm = StaticModel.from_pretrained(str(resolve_model("minilm-static").path))
-        o = sm.encode(texts)
-        rows = {}
-        for r in EDIT_RATES:
-            c = sm.encode(copies[r])
-            sim = c @ o.T
-            pos = np.diag(sim).copy()
-            np.fill_diagonal(sim, -np.inf)
-            neg = sim.max(axis=1)
-            rows[str(r)] = {"auroc": round(auroc(pos, neg), 4), "recall_at_1": round(float((pos > neg).mean()), 4),
-                            "median_pos": round(float(np.median(pos)), 4), "median_neg": round(float(np.median(neg)), 4)}
-        res["models"]["semhash vectors (model2vec encode, same static model)"] = rows
+        res["models"]["semhash vectors (model2vec encode, same static model)"] = edit_rate_rows(sm.encode, texts, copies)
     except Exception as e:  # noqa: BLE001
         res["semhash_vectors_error"] = repr(e)
     # dedup decisions: semhash self_deduplicate vs the pipeline's SemDeDup on originals + copies at 0.1
