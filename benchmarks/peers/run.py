@@ -224,6 +224,17 @@ def score(removed: np.ndarray, group: np.ndarray) -> tuple[float, int]:
     return recall, false
 
 
+def run_tool(name: str, make: Any, data: Path) -> tuple[float, float, Any]:
+    """One timed run of a tool in a fresh temp dir: ``(wall s, peak RSS MB, what it removed)``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"peers-{name}-"))
+    try:
+        cmd, removed, env = make(data, tmp)
+        wall, rss, _ = timed(cmd, env=env)
+        return wall, rss, removed()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
     tools = [t for t in a.tools.split(",") if t in SEM_TOOLS] or list(SEM_TOOLS)
     for n in (int(x) for x in a.sizes.split(",")):
@@ -232,13 +243,7 @@ def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
         res: dict[str, list[dict]] = {t: [] for t in tools}
         for r in range(a.runs):
             for t in tools:
-                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
-                try:
-                    cmd, removed, env = SEM_TOOLS[t][1](data, tmp)
-                    wall, rss, _ = timed(cmd, env=env)
-                    gone = removed()
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                wall, rss, gone = run_tool(t, SEM_TOOLS[t][1], data)
                 recall, unjust, kept_pairs = sem_score(gone, near)
                 one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "removed": len(gone),
                        "recall": recall, "unjustified": unjust, "kept_near": kept_pairs, "load": os.getloadavg()[0]}
@@ -340,13 +345,8 @@ def minhash_runs(a: argparse.Namespace, tools: list[str], data: Path, group: np.
                  n: int) -> None:
     for r in range(a.runs):
         for t in tools:
-            tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
-            try:
-                cmd, removed, env = TOOLS[t][1](data, tmp)
-                wall, rss, _ = timed(cmd, env=env)
-                recall, false = score(removed(), group)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            wall, rss, gone = run_tool(t, TOOLS[t][1], data)
+            recall, false = score(gone, group)
             one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "recall": recall, "false": false,
                    "load": os.getloadavg()[0]}
             res[t].append(one)
