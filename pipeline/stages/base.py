@@ -313,7 +313,7 @@ class Stage:
         from pipeline.schema import conform_messages
 
         df, back = to_polars_like(table)
-        given = df["messages"] if "messages" in df.columns else None
+        given = df
         df = with_decision(conform_messages(df))  # role/content-only messages get the other fields
         with column_hints(self.name, df):
             if not self._ready or ctx is not None:
@@ -322,9 +322,11 @@ class Stage:
             if self.scope == "global":
                 df = self.score_global(df)
             out = self.decide(df)
-        if given is not None and given.dtype != out["messages"].dtype:
-            out = out.with_columns(given)  # stages never change messages: hand back the caller's own type
-        return back(out)
+        # the contract: input columns come back as they went in (conforming widened messages; a
+        # stage never changes an input column's type), so the result lines up with the caller's table
+        changed = [given[c] for c in given.columns
+                   if c in out.columns and c not in ("keep", "drop_reason") and out.schema[c] != given.schema[c]]
+        return back(out.with_columns(changed) if changed else out)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
