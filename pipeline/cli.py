@@ -110,8 +110,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_formats(_args: argparse.Namespace) -> int:
+    from pipeline.io.containers import CONTAINERS, HF_KEYS
     from pipeline.io.formats import FORMAT_HELP, REASONING_MODES, THINK_TAGS
-    from pipeline.io.readers import CONTAINERS, HF_KEYS
 
     print("containers (`container:` on a source; auto = from the file name):")
     containers = {

@@ -22,8 +22,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.export import ExportSpec
+from pipeline.io.containers import CONTAINERS, HF_KEYS
 from pipeline.io.formats import FORMATS, REASONING_MODES, THINK_TAGS
-from pipeline.io.readers import CONTAINERS, HF_KEYS
 from pipeline.io.textstream import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES
 from pipeline.stages import available_stages, get_stage
 from pipeline.stages.base import Stage

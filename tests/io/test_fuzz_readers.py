@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.io import readers
+from pipeline.io import containers
 from pipeline.io.readers import SourceSpec, read_source
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
@@ -231,9 +231,9 @@ def test_json_array_bad_elements_and_boms(tmp_path_factory, elements: list, seps
     assert n == len(elements)
     assert bad <= reject_rows
     assert len(reject_rows) == rejects  # one reject per row
-    whole = list(readers._iter_json_array(str(p), max_bytes=4096))
-    cut = list(readers._iter_json_array(str(p), chunk=chunk, max_bytes=4096))
+    whole = list(containers._iter_json_array(str(p), max_bytes=4096))
+    cut = list(containers._iter_json_array(str(p), chunk=chunk, max_bytes=4096))
     def same(items: list) -> list:  # the raw text of a too-deep element is what was buffered: compare reasons
-        return [(i, r.reason if isinstance(r, readers._Raw) else repr(r)) for i, r in items]
+        return [(i, r.reason if isinstance(r, containers._Raw) else repr(r)) for i, r in items]
 
     assert same(whole) == same(cut)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io import readers
+from pipeline.io import containers, readers
 from pipeline.io.readers import SourceSpec, read_source, read_table
 from pipeline.io.shards import ShardWriter, list_shards
 from pipeline.schema import CANONICAL
@@ -128,7 +128,7 @@ def test_json_array_tiny_chunks_and_odd_layouts(tmp_path: Path) -> None:
     p = tmp_path / "t.json"
     p.write_text(json.dumps(recs, ensure_ascii=False, indent=1 if True else None))
     for chunk in (1, 2, 3, 7, 64):
-        got = list(readers._iter_json_array(str(p), chunk=chunk))
+        got = list(containers._iter_json_array(str(p), chunk=chunk))
         assert [r for _, r in got] == recs
 
 

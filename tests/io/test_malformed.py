@@ -71,9 +71,9 @@ def test_json_array_streams_across_chunks(tmp_path: Path) -> None:
     p = tmp_path / "big.json.gz"
     with gzip.open(p, "wt") as f:
         json.dump(recs, f)
-    from pipeline.io import readers
+    from pipeline.io import containers
 
-    got = list(readers._iter_json_array(str(p), chunk=257))  # tiny chunks: every edge case of splitting
+    got = list(containers._iter_json_array(str(p), chunk=257))  # tiny chunks: every edge case of splitting
     assert [r for _, r in got] == recs
 
 
