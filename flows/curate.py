@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,8 +34,10 @@ from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
+from pipeline import progress
 from pipeline.config import FlowSettings, load_config
 from pipeline.engine.driver import RunResult, execute
+from pipeline.engine.manifest import is_interrupt
 from pipeline.engine.steps import is_transient
 from pipeline.stages.base import Resources
 
@@ -206,7 +209,14 @@ class PrefectExecutor:
         with self._placement(resources):
             futs = [t.submit(qfn, self._q([items[i] for i in b]), label=batch_label([labels[i] for i in b]))
                     for b in idx]
-        return [r for f in futs for r in f.result()]
+        try:
+            return [r for f in futs for r in f.result()]
+        except BaseException as e:
+            # Ctrl-C / SIGTERM while waiting (in a notebook too): the running tasks stop at their next
+            # progress report instead of the task runner waiting for them to finish their shards
+            if is_interrupt(e):
+                progress.cancel()
+            raise
 
     def log(self, message: str) -> None:
         get_run_logger().info("%s", message.strip())
@@ -223,8 +233,6 @@ class PrefectExecutor:
         """Row-level progress of long stages as task-run log lines every ``PROGRESS_LOG_S`` seconds
         (rate, ETA) and one Prefect progress artifact per task (percent), so the UI moves during a
         long LM stage instead of going silent."""
-        from pipeline import progress
-
         artifacts: dict[str, Any] = {}
         fallback = logging.getLogger("sft_curate.progress")
 
@@ -245,7 +253,7 @@ class PrefectExecutor:
             except Exception:  # noqa: BLE001 - progress must never fail a run
                 pass
 
-        with progress.sink(emit, interval=PROGRESS_LOG_S):
+        with progress.sink(emit, interval=PROGRESS_LOG_S), progress.on_cancel(_quiet_prefect):
             yield
 
     def publish(self, manifest: dict[str, Any]) -> None:
@@ -318,31 +326,93 @@ def curate_flow(config_path: str, out: str | None = None, run_id: str | None = N
                                                        input_dir=input_dir)
 
 
+ENGINE_LOGGERS = ("prefect", "distributed", "ray")
+
+
+def _quiet_prefect() -> None:
+    """On an interrupt: the tasks still running are about to fail on purpose (and the flow run to
+    crash); the user has been told once, so the orchestrator's tracebacks are not shown."""
+    for n in ENGINE_LOGGERS:
+        logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+
+
+class _NewSession:
+    """``subprocess`` as Prefect's server module sees it while it starts a temporary server: the
+    server gets its own session, so a Ctrl-C in the terminal reaches only this process."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - subprocess's name
+        return subprocess.Popen(*args, start_new_session=True, **kwargs)
+
+
+@contextlib.contextmanager
+def api_server() -> Iterator[None]:
+    """The Prefect API for a run started from a shell. With ``PREFECT_API_URL`` set: that server.
+    Otherwise a temporary local one, as Prefect's ephemeral mode would start (the same process-wide
+    instance), but in its own session: a Ctrl-C in the terminal stops the run in this process while
+    the server stays up to record the flow run's final state. It stops when this process exits, and
+    at once after an interrupt (the CLI then leaves with ``os._exit``, which skips exit handlers)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from unittest import mock
+
+    import prefect.server.api.server as srv
+
+    server = srv.SubprocessASGIServer()
+    if not server.running:
+        with mock.patch.object(srv, "subprocess", _NewSession()):
+            server.start()
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    except BaseException as e:
+        if is_interrupt(e):
+            server.stop()
+        raise
+
+
+@contextlib.contextmanager
+def engine_logging(quiet: bool) -> Iterator[None]:
+    """With ``quiet``: only warnings from Prefect, Dask and Ray. Their levels come back afterwards
+    (also after :func:`_quiet_prefect` silenced them on an interrupt: a notebook goes on)."""
+    loggers = [logging.getLogger(n) for n in ENGINE_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    if quiet:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
 def run_flow(config_path: str, out: str | None = None, run_id: str | None = None, quiet: bool = False,
              input_dir: str | None = None) -> dict[str, Any]:
     """Run the curation flow once: ``{"run_dir": str, "manifest": dict, "finish": dict}``."""
     config_path = str(Path(config_path).resolve())
     out = str(Path(out).resolve()) if out else None
-    quiet_loggers = [logging.getLogger(n) for n in ("prefect", "distributed", "ray")] if quiet else []
-    levels = [lg.level for lg in quiet_loggers]
-    for lg in quiet_loggers:
-        lg.setLevel(logging.WARNING)
-    try:
+    with engine_logging(quiet):
         # one flow run, not curate_flow's two (a parent that only picks the task runner, then the run as
         # its subflow): each flow run costs ~0.5-1 s of API round trips; deployments keep curate_flow
         runner = make_task_runner(load_config(config_path).flow)
         return curate_run.with_options(task_runner=runner)(config_path=config_path, out=out, run_id=run_id,
                                                            input_dir=input_dir)
-    finally:
-        for lg, lv in zip(quiet_loggers, levels, strict=True):
-            lg.setLevel(lv)
 
 
 def run_config(config_path: str | Path, out: str | Path | None = None, run_id: str | None = None,
                input_dir: str | None = None, quiet: bool = False,
                log: Callable[[str], None] | None = None) -> RunResult:
     """The ``prefect`` engine's entry for ``curate run`` (registered in pyproject.toml)."""
-    res = run_flow(str(config_path), out=str(out) if out else None, run_id=run_id, quiet=quiet, input_dir=input_dir)
+    with engine_logging(quiet), api_server():
+        res = run_flow(str(config_path), out=str(out) if out else None, run_id=run_id, quiet=quiet,
+                       input_dir=input_dir)
     return RunResult(Path(res["run_dir"]), res["manifest"], res.get("finish") or {})
 
 
@@ -354,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-dir", help="incremental mode: process new files of this directory")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    res = run_flow(args.config, out=args.out, run_id=args.run_id, quiet=args.quiet, input_dir=args.input_dir)
+    with engine_logging(args.quiet), api_server():
+        res = run_flow(args.config, out=args.out, run_id=args.run_id, quiet=args.quiet, input_dir=args.input_dir)
     c = res["manifest"]["counts"]
     print(json.dumps({"run_dir": res["run_dir"], "counts": {k: c[k] for k in ("read", "kept", "dropped", "rejected",
                                                                                "selected", "balanced")}}))

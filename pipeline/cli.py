@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -319,11 +321,55 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _terminate(_sig: int, _frame: object) -> None:
-    """SIGTERM: stop like Ctrl-C (the manifest says ``interrupted``, locks are released)."""
+def _interrupt(sig: int, _frame: object) -> None:
+    """Ctrl-C or SIGTERM: stop the run within seconds (steps on worker threads or Prefect tasks stop
+    at their next progress report), the manifest says ``interrupted``, locks are released. A second
+    Ctrl-C forces the process out at once."""
+    from pipeline import progress
     from pipeline.engine.manifest import Interrupted
 
+    if progress.cancelled() and sig == signal.SIGINT:
+        print("error: interrupted twice; stopped at once", file=sys.stderr, flush=True)
+        _stop_children(grace_s=0.5)
+        os._exit(130)
+    # (a SIGTERM while already stopping, e.g. re-sent by an orchestrator that took it over during
+    # its flow run, stops the same way as the first)
+    progress.cancel()
+    if sig == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Interrupted("terminated (SIGTERM)")
+
+
+def _stop_children(grace_s: float = 3.0) -> None:
+    """Before leaving with ``os._exit`` (which waits for nothing): end the processes this run started
+    (task-runner process pools, LM scoring workers), politely first."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - a dependency; without it children end with their pipes
+        return
+    kids = psutil.Process().children(recursive=True)
+    for k in kids:
+        with contextlib.suppress(psutil.Error):
+            k.terminate()
+    _, alive = psutil.wait_procs(kids, timeout=grace_s)
+    for k in alive:
+        with contextlib.suppress(psutil.Error):
+            k.kill()
+
+
+def _resume_hint(args: argparse.Namespace, err: BaseException) -> str:
+    """The command that resumes an interrupted run (its run id, even when the user gave none)."""
+    if getattr(args, "fn", None) is not cmd_run:
+        return "interrupted"
+    run_id = getattr(err, "run_id", None) or args.run_id
+    if not run_id:
+        return "interrupted before the run started"
+    cmd = ["curate", "run", args.config, "--run-id", run_id]
+    for flag, value in (("--out", args.out), ("--input-dir", args.input_dir),
+                        ("--engine", None if args.engine == "auto" else args.engine)):
+        if value:
+            cmd += [flag, value]
+    return f"interrupted; resume with: {shlex.join(cmd)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,12 +378,16 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.engine.driver import RunExists
     from pipeline.engine.manifest import Interrupted
     from pipeline.io.readers import SourceError
+    from pipeline.progress import Cancelled
 
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
+    handlers = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored by our parent
+            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
     try:
         return int(args.fn(args))
     except (LockHeld, RunExists, RunIntegrityError, SourceError, FileNotFoundError, PermissionError, ValueError) as e:
@@ -345,14 +395,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, Interrupted, Cancelled) as e:
         if args.debug:
             raise
-        print("error: interrupted; rerun the same command with the same --run-id to resume", file=sys.stderr)
+        print(f"error: {_resume_hint(args, e)}", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
+        _stop_children()
         # steps still running on worker threads write atomically: leave now instead of waiting for them
         os._exit(130)
+    finally:  # main() called from Python (tests, a notebook): the caller's handlers again
+        for sig, h in handlers.items():
+            if h is not None:
+                signal.signal(sig, h)
 
 
 if __name__ == "__main__":

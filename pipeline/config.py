@@ -56,6 +56,8 @@ class RunSettings(_Strict):
     save_state: bool = False
     cache_dir: str | None = None
     report: bool = Field(True, description="write report.html + figures/ when `curate run` or the flow finishes")
+    estimate: bool = Field(True, description="before a stage that loads a model (LM scoring, embeddings), time it "
+                           "on a few rows of one shard and print and record how long it will take")
 
 
 class SourceConfig(_Strict):

@@ -46,6 +46,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import progress
 from pipeline.io.shards import list_shards, write_parquet_atomic
 from pipeline.models import ModelLoadError, resolve_model
 from pipeline.text import SEP, TEXT_VIEWS, text_expr
@@ -206,19 +207,34 @@ def encode(texts: list[str], model: str = "auto", device: str = "auto", batch_si
     if n == 0:
         return np.zeros((0, d), dtype=np.float32)
     if hasattr(m, "median_token_length"):  # a StaticEncoder
-        return m.encode(texts)
+        return np.concatenate([_reported(m.encode(texts[i:i + STATIC_CHUNK])) for i in range(0, n, STATIC_CHUNK)])
     cap = max(int(getattr(m, "max_seq_length", 512) or 512), 1) * _CHARS_PER_TOKEN_CAP
     s = pl.Series("t", texts, dtype=pl.String).fill_null("").str.slice(0, cap)
     order = np.argsort(-s.str.len_chars().to_numpy(), kind="stable")
     sorted_texts = s.gather(order).to_list()
     import torch
 
+    # a few batches per call: progress (rate, ETA) and a point to stop at between calls, at no cost
+    # to batching (the texts are length-sorted already)
+    step = batch_size * CHUNK_BATCHES
     with torch.inference_mode():
-        vecs = m.encode(sorted_texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=False,
-                        show_progress_bar=False)
+        vecs = np.concatenate([
+            _reported(m.encode(sorted_texts[i:i + step], batch_size=batch_size, convert_to_numpy=True,
+                               normalize_embeddings=False, show_progress_bar=False))
+            for i in range(0, n, step)])
     out = np.empty((n, d), dtype=np.float32)
     out[order] = _normalise(vecs)
     return out
+
+
+#: batches per ``encode`` call of a transformer model; texts per call of a static one
+CHUNK_BATCHES = 2
+STATIC_CHUNK = 20_000
+
+
+def _reported(vecs: np.ndarray) -> np.ndarray:
+    progress.advance_current(len(vecs))
+    return vecs
 
 
 # ---------------------------------------------------------------- the sidecar store
@@ -404,7 +420,11 @@ def embed_missing(df: pl.DataFrame, store: EmbeddingStore, view: str = "instruct
     if len(missing):
         rows = uniq["_row"].to_numpy()[missing]
         texts = df[rows.tolist()].select(view_expr(view).fill_null("").alias("t"))["t"].to_list()
-        store.put(uniq["_k"].gather(missing).to_list(), encode(texts, model=model, device=device, batch_size=batch_size))
+        task = f"embeddings {model} ({view})"
+        progress.expect(task, len(texts))
+        with progress.within(task):
+            vecs = encode(texts, model=model, device=device, batch_size=batch_size)
+        store.put(uniq["_k"].gather(missing).to_list(), vecs)
     return int(len(missing))
 
 

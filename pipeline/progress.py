@@ -9,6 +9,11 @@ A stage announces the work it is about to do and reports it as it finishes it, i
 Code that does the work without knowing the stage (an LM backend's batch loop) reports to the
 thread's current task (:func:`within`, :func:`advance_current`).
 
+The same reports are where a long task stops when the run is interrupted: after :func:`cancel`
+(Ctrl-C or SIGTERM in ``curate run``, an interrupt in a notebook), the next report of any task in
+any thread raises :class:`Cancelled`, so a step running on a worker thread or a Prefect task ends
+within one batch instead of running to the end of its shard.
+
 Nothing is shown unless an engine installs a *sink* for the run (:func:`sink`): the local engine's
 draws one terminal bar per task with rate and ETA, the Prefect engine's logs a line per task at a
 steady cadence and keeps a Prefect progress artifact. A report costs one lock and a clock read, and
@@ -75,8 +80,54 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+class Cancelled(Exception):
+    """The run is stopping (:func:`cancel`): raised by the next progress report of a long task."""
+
+
+_CANCEL = threading.Event()
+_ON_CANCEL: list[Callable[[], None]] = []
+
+
+def cancel() -> None:
+    """Stop every long task at its next report (and run the hooks of :func:`on_cancel` once)."""
+    if _CANCEL.is_set():
+        return
+    _CANCEL.set()
+    for fn in list(_ON_CANCEL):
+        with contextlib.suppress(Exception):
+            fn()
+
+
+def cancelled() -> bool:
+    """Whether :func:`cancel` was called since the last :func:`reset`."""
+    return _CANCEL.is_set()
+
+
+def reset() -> None:
+    """A new run starts: long tasks run again."""
+    _CANCEL.clear()
+
+
+@contextlib.contextmanager
+def on_cancel(fn: Callable[[], None]) -> Iterator[None]:
+    """While inside, call ``fn()`` when the run is cancelled (an engine quiets its own logging there:
+    the tasks it is running are about to fail on purpose)."""
+    _ON_CANCEL.append(fn)
+    try:
+        yield
+    finally:
+        _ON_CANCEL.remove(fn)
+
+
+def checkpoint() -> None:
+    """Raise :class:`Cancelled` when the run is stopping (long loops without progress reports)."""
+    if _CANCEL.is_set():
+        raise Cancelled("the run was interrupted")
+
+
 def _update(name: str, total: int = 0, done: int = 0) -> None:
     """Add ``total`` expected and ``done`` finished units to task ``name`` (created on first use)."""
+    checkpoint()
     if not _SINKS or (total <= 0 and done <= 0):
         return
     with _LOCK:
@@ -117,6 +168,7 @@ def within(name: str) -> Iterator[list[int]]:
 
 def advance_current(units: int) -> None:
     """:func:`advance` the thread's current task (see :func:`within`); nothing outside one."""
+    checkpoint()
     cur = getattr(_LOCAL, "task", None)
     if cur is not None:
         cur[1][0] += units

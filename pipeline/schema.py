@@ -139,6 +139,8 @@ def message_payload(m: dict[str, Any]) -> str:
     """
     c = m["content"]
     out = f"{m['role']}|{len(c)}|{c}"
+    if len(m) == 2:  # role and content only: most messages
+        return out
     r = m.get("reasoning")
     if r is not None:
         out += "+reasoning" + _lp(r)

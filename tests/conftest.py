@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,3 +42,39 @@ def real_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE
+
+
+def _wait_for_estimate(out: Path, proc: subprocess.Popen, timeout: float = 180) -> Path:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"the run ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no estimate was recorded"
+        for mf in out.glob("*/manifest.json"):
+            try:
+                if json.loads(mf.read_text()).get("estimates"):
+                    return mf.parent
+            except ValueError:  # being replaced
+                pass
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def wait_for_estimate() -> Callable[[Path, subprocess.Popen], Path]:
+    """``wait(out, proc)``: the run directory under ``out`` once its running manifest records an
+    estimate, i.e. a model stage is about to start (fails if ``proc`` ends first)."""
+    return _wait_for_estimate
+
+
+@pytest.fixture
+def start_curate() -> Callable[..., subprocess.Popen]:
+    """``start(*args, env=None)``: ``curate ARGS`` as a real process, as from a terminal (SIGINT at its
+    default even when this test process was started in the background by a shell, whose children
+    inherit SIGINT ignored)."""
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    return start

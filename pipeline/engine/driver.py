@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import progress
 from pipeline.config import Config, load_config
 from pipeline.engine.chains import ShardChain
+from pipeline.engine.estimate import estimate_lines, model_steps, pending_chains, probe_segment
 from pipeline.engine.executor import Executor, LocalExecutor
 from pipeline.engine.finalize import (
     collect_state,
@@ -194,14 +196,62 @@ def ingest_all(ex: Executor, cfg: Config, store: WorkStore, specs: list[SourceSp
     return refs
 
 
-def run_plan(ex: Executor, plan: Plan, chains: list[ShardChain],
-             tally: StageTally) -> tuple[list[ShardChain], list[GlobalResult]]:
-    """Every segment's shard steps and every global step of ``plan``; the final chains."""
+def _probe(chain: ShardChain, plan: Plan, seg_index: int, gref: GlobalRef | None,
+           rows_pending: int) -> list[dict[str, Any]]:
+    try:
+        return probe_segment(chain, plan, seg_index, gref, rows_pending)
+    except Exception as e:  # noqa: BLE001 - an estimate must not fail a run; the real step reports its error
+        return [{"error": f"{type(e).__name__}: {e}"}]
+
+
+def estimate_segment(ex: Executor, plan: Plan, seg_index: int, chains: list[ShardChain], gref: GlobalRef | None,
+                     tally: StageTally, on_estimate: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Before a segment with model stages: probe one shard where steps run, print and record the
+    estimate (:mod:`pipeline.engine.estimate`). Nothing when every such step is in the store."""
+    positions = model_steps(plan, seg_index)
+    pending = pending_chains(plan, seg_index, chains, gref, positions) if positions else []
+    if not pending:
+        return
+    seg = plan.segments[seg_index]
+    fn = functools.partial(_probe, plan=plan, seg_index=seg_index, gref=gref,
+                           rows_pending=sum(c.rows for c in pending))
+    recs = ex.map("shard", fn, [pending[0]], [f"estimate {seg.label(plan)}[{pending[0].name}]"],
+                  _resources(plan, [s.stage for s in seg.steps]))[0]
+    if recs and "error" in recs[0]:
+        ex.log(f"  estimate unavailable ({recs[0]['error']})")
+        return
+    for line in estimate_lines(recs):
+        ex.log(line)
+    tally.estimates.update({r["stage"]: r for r in recs})
+    on_estimate(recs)
+
+
+def estimate_recorder(cfg: Config, manifest: dict[str, Any], run_dir: Path
+                      ) -> Callable[[list[dict[str, Any]]], None] | None:
+    """With ``run.estimate``: a callback that records estimates in the running manifest at once (an
+    interrupted run keeps them); the final manifest has them in the stage entries instead."""
+    if not cfg.run.estimate:
+        return None
+
+    def record(recs: list[dict[str, Any]]) -> None:
+        manifest.setdefault("estimates", []).extend(recs)
+        write_json_atomic(manifest, run_dir / "manifest.json")
+
+    return record
+
+
+def run_plan(ex: Executor, plan: Plan, chains: list[ShardChain], tally: StageTally,
+             on_estimate: Callable[[list[dict[str, Any]]], None] | None = None
+             ) -> tuple[list[ShardChain], list[GlobalResult]]:
+    """Every segment's shard steps and every global step of ``plan``; the final chains. With
+    ``on_estimate``, segments with model stages are probed first (:func:`estimate_segment`)."""
     globals_: list[GlobalResult] = []
     gref: GlobalRef | None = None
     for si, seg in enumerate(plan.segments):
         label = seg.label(plan)
         if seg.steps and chains:
+            if on_estimate is not None:
+                estimate_segment(ex, plan, si, chains, gref, tally, on_estimate)
             t0 = time.perf_counter()
             fn = functools.partial(_segment, plan=plan, seg_index=si, gref=gref)
             results = ex.map("shard", fn, chains, [f"{label}[{c.name}]" for c in chains],
@@ -253,7 +303,7 @@ def _batch(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, manif
     schema = run_schema(chains) if chains else None
     tally = StageTally()
     try:
-        chains, globals_ = run_plan(ex, plan, chains, tally)
+        chains, globals_ = run_plan(ex, plan, chains, tally, estimate_recorder(cfg, manifest, run_dir))
         t0 = time.perf_counter()
         outcome = merge_outcomes(finalize_all(ex, chains, run_dir, schema=schema))
         copy_rejects(refs, prefixes, run_dir)
@@ -295,6 +345,7 @@ def execute(cfg: Config, ex: Executor, out: str | Path | None = None, run_id: st
         the run's data stays ``complete``.
     """
     t_start = time.perf_counter()
+    progress.reset()  # long tasks run again after an earlier run in this process was interrupted
     layout = decide_layout(cfg, out, run_id, input_dir)
     with contextlib.ExitStack() as locks:
         # nothing is read, swept or deleted before the locks are held

@@ -20,6 +20,7 @@ from importlib import metadata
 from typing import Any, Protocol, TypeVar
 
 from pipeline import progress
+from pipeline.engine.manifest import is_interrupt
 from pipeline.engine.steps import is_transient
 from pipeline.stages.base import Resources
 
@@ -141,10 +142,13 @@ class LocalExecutor:
                         if f.exception() is not None:
                             raise f.exception()  # type: ignore[misc]
                 return [f.result() for f in futs]
-            except BaseException:
+            except BaseException as e:
                 # an error or an interrupt: start nothing more and do not wait for running steps
-                # (they write atomically, so abandoning them leaves nothing half-written)
+                # (they write atomically, so abandoning them leaves nothing half-written); on an
+                # interrupt, running steps also stop at their next progress report
                 pool.shutdown(wait=False, cancel_futures=True)
+                if is_interrupt(e):
+                    progress.cancel()
                 raise
             finally:
                 pool.shutdown(wait=False)

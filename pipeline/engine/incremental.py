@@ -37,7 +37,14 @@ import polars as pl
 
 from pipeline.config import Config, IncrementalSettings
 from pipeline.engine.chains import ShardChain
-from pipeline.engine.driver import RunLayout, finalize_all, ingest_all, rejects_records, run_plan
+from pipeline.engine.driver import (
+    RunLayout,
+    estimate_recorder,
+    finalize_all,
+    ingest_all,
+    rejects_records,
+    run_plan,
+)
 from pipeline.engine.executor import Executor
 from pipeline.engine.finalize import (
     collect_state,
@@ -203,7 +210,7 @@ def run_night(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, ma
         # phase A: tonight's files against the state of earlier nights
         chains = [c for r in refs for c in r.chains]
         if chains:
-            chains, globals_a = run_plan(ex, plan_a, chains, tally)
+            chains, globals_a = run_plan(ex, plan_a, chains, tally, estimate_recorder(cfg, manifest, run_dir))
         pool_dir = home / "pool" / run_id
         fn = functools.partial(_materialize, pool_dir=str(pool_dir))
         added_pool = [{**e, "night": night} for e in ex.map("pool", fn, chains, [c.name for c in chains])]
@@ -220,7 +227,7 @@ def run_night(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, ma
         pool_chains = [ShardChain(e["name"], e["key"], (e["path"],), e["rows"]) for e in pool]
         globals_b: list[GlobalResult] = []
         if pool_chains:
-            pool_chains, globals_b = run_plan(ex, plan_b, pool_chains, tally)
+            pool_chains, globals_b = run_plan(ex, plan_b, pool_chains, tally, estimate_recorder(cfg, manifest, run_dir))
         n_old = len(ledger.pool)
         schema = run_schema(pool_chains) if pool_chains else None
         parts_old = finalize_all(ex, pool_chains[:n_old], run_dir, write_shard=False, schema=schema)

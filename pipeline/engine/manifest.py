@@ -61,6 +61,7 @@ class StageTally:
     steps: dict[int, int] = field(default_factory=dict)
     hits: dict[int, int] = field(default_factory=dict)
     dropped: dict[int, int] = field(default_factory=dict)
+    estimates: dict[int, dict[str, Any]] = field(default_factory=dict)  # pipeline.engine.estimate
 
     def add(self, stats: Iterable[StepStat]) -> None:
         for s in stats:
@@ -102,6 +103,8 @@ def stage_entries(stages: list[Stage], specs: tuple[StageSpec, ...], tally: Stag
             "steps": tally.steps.get(spec.index, 0),
             "cache_hits": tally.hits.get(spec.index, 0),
         }
+        if spec.index in tally.estimates:  # what the probe predicted, beside what it took
+            entry["estimate"] = {k: v for k, v in tally.estimates[spec.index].items() if k not in ("stage", "name")}
         models = g.models if g is not None and g.models is not None else rep["models"]
         if models is not None:
             entry["models"] = models
@@ -161,6 +164,7 @@ def complete_manifest(manifest: dict[str, Any], run_dir: Path, stages: list[Stag
     read = sum(s["read"] for s in sources)
     rejected = sum(s["rejected"] for s in sources)
     counts = make_counts(read, rejected, outcome)
+    manifest.pop("estimates", None)  # the running manifest's; the stage entries carry them now
     manifest.update(
         status="complete",
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -184,7 +188,7 @@ def complete_manifest(manifest: dict[str, Any], run_dir: Path, stages: list[Stag
 def fail_manifest(manifest: dict[str, Any], run_dir: Path, err: BaseException) -> None:
     """Mark the run ``failed`` (``interrupted`` for Ctrl-C / SIGTERM) with the error, best effort
     (the disk may be what failed)."""
-    status = "interrupted" if isinstance(err, (KeyboardInterrupt, Interrupted)) else "failed"
+    status = "interrupted" if is_interrupt(err) else "failed"
     manifest.update(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     error=f"{type(err).__name__}: {err}")
     with contextlib.suppress(OSError):
@@ -204,12 +208,27 @@ def failure_recorded(manifest: dict[str, Any], run_dir: Path) -> Iterator[None]:
         except (OSError, ValueError):
             latest = manifest
         fail_manifest(latest, run_dir, e)
+        with contextlib.suppress(AttributeError, TypeError):
+            e.run_id = latest.get("run_id")  # type: ignore[union-attr]  # for "resume with --run-id ..."
         raise
 
 
 class Interrupted(Exception):
     """The run was asked to stop (SIGTERM); the manifest says ``interrupted`` and the run resumes
     with the same command and run id."""
+
+
+def is_interrupt(err: BaseException) -> bool:
+    """Ctrl-C, SIGTERM, or a step stopped because of one (:class:`pipeline.progress.Cancelled`).
+
+    Any other signal-like exception counts too: a ``BaseException`` that is not an ``Exception``
+    (nor ``SystemExit``/``GeneratorExit``), such as the ``TerminationSignal`` an orchestrator raises
+    when it takes SIGTERM over while its flow runs."""
+    from pipeline.progress import Cancelled
+
+    if isinstance(err, (Interrupted, Cancelled)):
+        return True
+    return not isinstance(err, (Exception, SystemExit, GeneratorExit))
 
 
 # ---------------------------------------------------------------- verification

@@ -81,17 +81,32 @@ def _step_key(plan: Plan, chain_key: str, step: Step, gref: GlobalRef | None) ->
     return hkey(step.kind, spec.key, chain_key, gref.key if step.kind == "post" and gref else "")
 
 
-def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef | None = None) -> SegmentResult:
-    """Run one segment's per-shard steps on one shard, reusing every step already in the store."""
-    seg = plan.segments[seg_index]
+def _step_keys(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef | None) -> tuple[list[str], list[Path]]:
     store = plan.store
     keys, paths = [], []
     k = chain.key
-    for step in seg.steps:
-        spec = plan.spec(step.stage)
+    for step in plan.segments[seg_index].steps:
         k = _step_key(plan, k, step, gref)
         keys.append(k)
-        paths.append(store.step_path(spec.name, step.kind, k))
+        paths.append(store.step_path(plan.spec(step.stage).name, step.kind, k))
+    return keys, paths
+
+
+def step_paths(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef | None) -> list[Path]:
+    """Where each of the segment's steps on ``chain`` is (or will be) in the work store."""
+    return _step_keys(plan, seg_index, chain, gref)[1]
+
+
+def global_slice(chain: ShardChain, gref: GlobalRef) -> pl.DataFrame:
+    """The columns global step ``gref`` handed back to ``chain``'s shard."""
+    slice_path = str(Path(gref.dir) / _slice_name(_shard_pos(chain, gref)))
+    return guarded(slice_path, lambda: pl.read_parquet(slice_path))
+
+
+def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef | None = None) -> SegmentResult:
+    """Run one segment's per-shard steps on one shard, reusing every step already in the store."""
+    seg = plan.segments[seg_index]
+    keys, paths = _step_keys(plan, seg_index, chain, gref)
     metas: list[dict[str, Any]] = []
     for p in paths:
         m = cached_meta(p)
@@ -121,8 +136,7 @@ def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef |
                 if gref is None or gref.stage != step.stage:
                     raise RuntimeError("post step without its global result")
                 t0 = time.perf_counter()
-                slice_path = str(Path(gref.dir) / _slice_name(_shard_pos(chain, gref)))
-                add = guarded(slice_path, lambda p=slice_path: pl.read_parquet(p))
+                add = global_slice(chain, gref)
                 io += time.perf_counter() - t0
                 if add.height != df.height:
                     raise RuntimeError(f"global result has {add.height} rows for a shard of {df.height}")

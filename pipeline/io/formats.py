@@ -131,6 +131,10 @@ def check_messages(messages: Messages) -> Messages:
     return messages
 
 
+#: role spellings the fast path of :func:`_turn` takes as they are (the aliases, except call roles,
+#: in the spelling of the alias table: no case folding or stripping needed)
+_PLAIN_ROLES: dict[str, str] = {k: v for k, v in ROLE_ALIASES.items() if k not in ("function_call", "tool_call")}
+
 #: ShareGPT roles of an assistant's tool call (LLaMA-Factory ``function_call``; ``tool_call`` in some exports)
 CALL_ROLES: frozenset[str] = frozenset({"function_call", "tool_call"})
 
@@ -215,6 +219,12 @@ def _calls(val: Any, where: str) -> list[dict[str, Any]]:
 def _turn(t: dict[str, Any], rk: str, ck: str, where: str) -> dict[str, Any]:
     """One OpenAI / ShareGPT turn -> a canonical message (see the module docstring)."""
     raw_role = t.get(rk)
+    if len(t) == 2 and type(raw_role) is str and type(t.get(ck)) is str:
+        # the common turn, a role and a text and nothing else: the general path's answer, without
+        # its checks for fields the turn does not have (reading a ShareGPT file is ~8 such turns a row)
+        role = _PLAIN_ROLES.get(raw_role)
+        if role is not None:
+            return {"role": role, "content": t[ck]}
     if isinstance(raw_role, str) and raw_role.strip().lower() in CALL_ROLES:
         return {"role": "assistant", "content": "", "tool_calls": _calls(t.get(ck), where),
                 "_call_turn": True}

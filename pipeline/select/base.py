@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from pipeline.stages.base import Col, RunContext, Stage, StageParams
+from pipeline.stages.base import Col, Resources, RunContext, Stage, StageParams
 
 SELECT_COLUMNS = {"selected": Col(pl.Boolean, "flag", "global"), "select_reason": Col(pl.String, "internal", "global"),
                   "select_rank": Col(pl.Int64, "internal", "global")}
@@ -141,6 +141,7 @@ class VectorSelector(Selector):
 
     Params = VectorSelectParams
     requires_columns = ("messages", "id")  # the text embedded; vectors are stored by id
+    resources = Resources(cpus=2.0, memory_gb=2.0, loads_model=True)  # the embedding model
 
     def global_inputs(self) -> tuple[str, ...]:
         return ("id",)

@@ -100,16 +100,20 @@ class Heuristics(Stage):
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         el = pl.element()
         assistant = pl.col("messages").list.eval(turn_text_expr(el.filter(el.struct.field("role") == "assistant")))
-        response = text_expr("response")
-        texts = df.select(text_expr("instruction").alias("i"), response.alias("r"))
+        # the texts once: an eager select does not share common subexpressions, and each use of
+        # text_expr("response") would rebuild the response from the messages again
+        texts = df.select(text_expr("instruction").alias("i"), text_expr("response").alias("r"),
+                          pl.col("messages").list.last().struct.field("role").alias("last_role"))
         same = normalized_equal(texts["i"], texts["r"])  # normalize_expr's equality, normalising few rows
-        tmp = df.select(
-            assistant.list.eval(el.fill_null("").str.strip_chars().str.len_chars() == 0).list.any().alias("heur_empty_response"),
+        response = pl.col("r")
+        tmp = texts.select(
+            df.select(assistant.list.eval(el.fill_null("").str.strip_chars().str.len_chars() == 0).list.any())
+            .to_series().alias("heur_empty_response"),
             response.str.to_lowercase().str.extract_all(r"\w+").alias("_words"),
             (response.str.len_chars() - response.str.count_matches(r"\s")).alias("_nonspace"),
             response.str.count_matches(r"[^\p{L}\p{N}\s]").alias("_sym"),
-            (pl.col("messages").list.last().struct.field("role") != "assistant").alias("heur_ends_with_user"),
-            (pl.lit(texts["i"]).str.contains(CODE_INSTRUCTION) | response.str.contains("```", literal=True)
+            (pl.col("last_role") != "assistant").alias("heur_ends_with_user"),
+            (pl.col("i").str.contains(CODE_INSTRUCTION) | response.str.contains("```", literal=True)
              | response.str.contains(QUOTED_LITERAL)).fill_null(False).alias("_code_signal"),
             response.str.contains(r"[\p{L}\p{N}]").fill_null(False).alias("_has_alnum"),
             response.str.count_matches(r"[^\x00-\x7f]").alias("_non_ascii"),

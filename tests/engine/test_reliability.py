@@ -41,13 +41,6 @@ def _config(path: Path, cfg: dict) -> Path:
     return path
 
 
-def _start(*args: str) -> subprocess.Popen:
-    # as from a terminal: SIGINT at its default even when this test process was started in the
-    # background by a shell (which makes children inherit SIGINT ignored)
-    return subprocess.Popen([*CURATE, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
 def _wait_for_manifest(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not (run_dir / "manifest.json").exists():
@@ -56,7 +49,7 @@ def _wait_for_manifest(run_dir: Path, proc: subprocess.Popen, timeout: float = 1
         time.sleep(0.05)
 
 
-def test_two_runs_with_the_same_run_id_never_lose_shards(tmp_path: Path) -> None:
+def test_two_runs_with_the_same_run_id_never_lose_shards(tmp_path: Path, start_curate) -> None:
     """Two ``curate run`` processes on one run id: the second is refused at once, naming the holder,
     and deletes nothing; the first completes with every shard it counted on disk."""
     src = _jsonl(tmp_path / "gsm.jsonl", _gsm8k("gsm8k_train.jsonl.gz", 4000))
@@ -67,9 +60,9 @@ def test_two_runs_with_the_same_run_id_never_lose_shards(tmp_path: Path) -> None
                    {"stage": "minhash_dedup", "threshold": 0.7}, {"stage": "long_is_more", "budget": 500}],
     })
     run_dir = tmp_path / "runs" / "same"
-    first = _start("run", str(cfg), "--engine", "local", "--run-id", "same", "--quiet")
+    first = start_curate("run", str(cfg), "--engine", "local", "--run-id", "same", "--quiet")
     _wait_for_manifest(run_dir, first)
-    second = _start("run", str(cfg), "--engine", "local", "--run-id", "same", "--quiet")
+    second = start_curate("run", str(cfg), "--engine", "local", "--run-id", "same", "--quiet")
     out2, err2 = second.communicate(timeout=120)
     out1, err1 = first.communicate(timeout=300)
     assert first.returncode == 0, err1
@@ -99,7 +92,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:
         assert lock.holder()["pid"] == os.getpid()
 
 
-def test_a_second_night_cannot_sweep_the_live_nights_pool(tmp_path: Path) -> None:
+def test_a_second_night_cannot_sweep_the_live_nights_pool(tmp_path: Path, start_curate) -> None:
     """A second nightly invocation (here with a mistyped input dir) while a night runs is refused at
     the home's lock before it reads or sweeps anything; the live night commits a ledger whose pool
     is whole, and the next night runs on it."""
@@ -113,9 +106,9 @@ def test_a_second_night_cannot_sweep_the_live_nights_pool(tmp_path: Path) -> Non
                    {"stage": "minhash_dedup", "threshold": 0.7}, {"stage": "long_is_more", "budget": 300}],
         "flow": {"incremental": {"input_dir": str(inbox), "pattern": "*.jsonl"}},
     })
-    first = _start("run", str(cfg), "--engine", "local", "--run-id", "n1", "--quiet")
+    first = start_curate("run", str(cfg), "--engine", "local", "--run-id", "n1", "--quiet")
     _wait_for_manifest(tmp_path / "runs" / "n1", first)
-    second = _start("run", str(cfg), "--engine", "local", "--run-id", "n1b", "--input-dir",
+    second = start_curate("run", str(cfg), "--engine", "local", "--run-id", "n1b", "--input-dir",
                     str(tmp_path / "inbx-typo"), "--quiet")
     _, err2 = second.communicate(timeout=120)
     _, err1 = first.communicate(timeout=300)
@@ -166,7 +159,7 @@ def test_inspect_and_export_refuse_a_run_whose_files_changed(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_local_run_stops_at_once_and_says_so(tmp_path: Path, sig: int) -> None:
+def test_an_interrupted_local_run_stops_at_once_and_says_so(tmp_path: Path, sig: int, wait_for_estimate, start_curate) -> None:
     """Ctrl-C or SIGTERM during a long embedding stage: the process ends within seconds with one
     error line, the manifest says ``interrupted``, and the run's lock is free for the rerun."""
     rows = _gsm8k("gsm8k_train.jsonl.gz", 3000)
@@ -176,20 +169,23 @@ def test_an_interrupted_local_run_stops_at_once_and_says_so(tmp_path: Path, sig:
         "sources": [{"path": str(src)}],
         "stages": [{"stage": "length"}, {"stage": "semantic_dedup", "model": "minilm", "eps": 0.05}],
     })
-    run_dir = tmp_path / "runs" / "i1"
-    proc = _start("run", str(cfg), "--engine", "local", "--run-id", "i1", "--quiet")
-    _wait_for_manifest(run_dir, proc)
-    time.sleep(4)  # well inside the embedding stage
+    proc = start_curate("run", str(cfg), "--engine", "local", "--out", str(tmp_path / "runs"), "--quiet")
+    run_dir = wait_for_estimate(tmp_path / "runs", proc)  # the probe ran: the embedding stage is next
+    time.sleep(2)  # inside it
     t0 = time.monotonic()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert time.monotonic() - t0 < 20
     assert proc.returncode == 130, err
+    # the run id was generated: the hint names it, so the rerun resumes this run
     assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
-        "error: interrupted; rerun the same command with the same --run-id to resume"]
+        f"error: interrupted; resume with: curate run {cfg} --run-id {run_dir.name} "
+        f"--out {tmp_path / 'runs'} --engine local"]
     assert "Traceback" not in err
-    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
-    with DirLock(run_dir, "run i1"):
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "interrupted"
+    assert [e["name"] for e in m["estimates"]] == ["semantic_dedup"]  # recorded before the stage started
+    with DirLock(run_dir, "run"):
         pass
 
 

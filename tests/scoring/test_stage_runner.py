@@ -60,3 +60,28 @@ def test_lm_stages_in_a_run_and_a_rerun_from_cache(smol, pool, tmp_path, max_tok
     for name in ("perplexity", "error_uncertainty", "grape"):
         assert summaries[name]["units_cached"] > 0, name
         assert summaries[name]["units_computed"] == 0, name
+
+
+def test_a_model_stage_is_estimated_before_it_starts(smol, pool, tmp_path, max_tokens):
+    """Before the segment with an LM stage: a probe on the first shard, one log line, the estimate in
+    the stage's manifest entry beside its real seconds; the probe's work is reused, not counted twice,
+    and a rerun whose steps are all stored probes nothing."""
+    raw = _config(tmp_path, pool, max_tokens)
+    raw["stages"] = [{"stage": "length"}, {"stage": "perplexity", "max_tokens": max_tokens}]
+    lines: list[str] = []
+    res = run(load_config(raw), run_id="est", log=lines.append)
+    est_lines = [i for i, ln in enumerate(lines) if ln.strip().startswith("estimate: perplexity")]
+    seg_lines = [i for i, ln in enumerate(lines) if ln.strip().startswith("length+perplexity")]
+    assert len(est_lines) == 1 and seg_lines and est_lines[0] < seg_lines[0], lines
+    entry = {s["name"]: s for s in res.manifest["stages"]}["perplexity"]
+    est = entry["estimate"]
+    # every row of the pool reaches the stage; the first shard (4 rows) is probed: 1 + 3 timed
+    assert est["rows"] == pool.height
+    assert est["probe_rows"] == 3 and est["rows_per_s"] > 0 and est["seconds"] > 0
+    assert "estimates" not in res.manifest  # the running manifest's list moved into the stage entries
+    # the probe's scores were cached and found by the step; the counters count the step only
+    assert entry["summary"]["rows_scored"] == pool.height
+    assert entry["summary"]["units_cached"] >= 4
+
+    again = run(load_config(raw), run_id="est2", log=lines.append)
+    assert "estimate" not in {s["name"]: s for s in again.manifest["stages"]}["perplexity"]
