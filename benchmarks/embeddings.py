@@ -25,8 +25,9 @@ Quality, every model on the same texts (instruction view) in one run:
   wrongly removed), beside the pipeline's SemDeDup on the same rows.
 
 Speed (``--speed-rows``, the benchmarks/scale.py pool, built once under ``--work``): embed the
-instruction view of N rows end to end (read the pool files, build the view, embed, write the sidecar
-store) with the static model in a fresh process, then SemDeDup + kMQ over those vectors in another;
+instruction view of N rows end to end (read the pool file by file as a run holds one shard at a time,
+build the view, embed, write the sidecar store) with the static model in a fresh process, then
+SemDeDup (``neighbours: auto``) + kMQ over those vectors in another;
 wall seconds and peak RSS of each; MiniLM's rows/s on ``--minilm-speed-rows`` of the same texts;
 semhash's end to end (embed + self-deduplicate) on the same texts in its own process.
 
@@ -373,26 +374,36 @@ def read_pool(work: Path, n: int, columns: list[str]) -> pl.DataFrame:
 
 
 def c_embed(work: str, n: str, model: str) -> dict[str, Any]:
-    """Child: read the pool, build the instruction view, embed into a fresh sidecar store."""
+    """Child: read the pool file by file (as a run holds one shard at a time), build the instruction
+    view, embed each file's rows into one fresh sidecar store."""
     import shutil
 
     from pipeline.embeddings import EmbeddingStore, embed_missing, load_model
+    from pipeline.io.readers import read_table
 
     t0 = time.perf_counter()
     load_model(model, "cpu")
     t_load = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    df = read_pool(Path(work), int(n), ["id", "messages"])
-    t_read = time.perf_counter() - t1
     store_dir = Path(work) / f"speed-store-n{n}"
     shutil.rmtree(store_dir, ignore_errors=True)
     store = EmbeddingStore(store_dir, model=model, view="instruction", dtype="float16")
-    t2 = time.perf_counter()
-    k = embed_missing(df, store, view="instruction", model=model, device="cpu")
-    t_embed = time.perf_counter() - t2
-    return {"rows": df.height, "embedded": k, "load_model_s": round(t_load, 1), "read_s": round(t_read, 1),
+    t1 = time.perf_counter()
+    rows = k = 0
+    t_read = t_embed = 0.0
+    for f in pool_files(Path(work), int(n)):
+        if rows >= int(n):
+            break
+        t = time.perf_counter()
+        df = read_table(f)[0].select("id", "messages").head(int(n) - rows)
+        t_read += time.perf_counter() - t
+        t = time.perf_counter()
+        k += embed_missing(df, store, view="instruction", model=model, device="cpu")
+        t_embed += time.perf_counter() - t
+        rows += df.height
+        del df
+    return {"rows": rows, "embedded": k, "load_model_s": round(t_load, 1), "read_s": round(t_read, 1),
             "embed_s": round(t_embed, 1), "total_s": round(time.perf_counter() - t0, 1),
-            "rows_per_s": round(df.height / (time.perf_counter() - t1)), "peak_rss_mb": round(peak_rss_mb())}
+            "rows_per_s": round(rows / (time.perf_counter() - t1)), "peak_rss_mb": round(peak_rss_mb())}
 
 
 def c_select(work: str, n: str, model: str) -> dict[str, Any]:
@@ -409,12 +420,14 @@ def c_select(work: str, n: str, model: str) -> dict[str, Any]:
     df = pl.DataFrame({"id": ids, "keep": [True] * len(ids), "source": ["pool"] * len(ids),
                        "source_row": np.arange(len(ids)), "len_response_chars": np.zeros(len(ids), np.int64)}).with_columns(pl.lit(None, pl.String).alias("drop_reason"))
     t1 = time.perf_counter()
-    out = run_in_memory(SemanticDedup(model=model, eps=0.05, keeper="first"), df, cache_dir=store_dir)
+    sem = SemanticDedup(model=model, eps=0.05, keeper="first")  # neighbours: auto (cluster above 200k rows)
+    out = run_in_memory(sem, df, cache_dir=store_dir)
     t_sem = time.perf_counter() - t1
     t2 = time.perf_counter()
     out2 = run_in_memory(KMQ(model=model, budget=min(100_000, len(ids) // 10)), out, cache_dir=store_dir)
     t_kmq = time.perf_counter() - t2
     return {"rows": len(ids), "semdedup_s": round(t_sem, 1), "dropped": int((~out["keep"]).sum()),
+            "neighbours": (sem.summary() or {}).get("neighbours"),
             "kmq_s": round(t_kmq, 1), "selected": int(out2["selected"].fill_null(False).sum()),
             "total_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(peak_rss_mb())}
 

@@ -7,7 +7,7 @@ distillation ``minilm-static`` on CPU, see :func:`pipeline.embeddings.pick_model
 and cached in the run's embedding sidecar keyed by row ``id``, so later stages and reruns reuse them).
 Which pairs are compared (``neighbours``):
 
-* ``global`` (default): exact neighbours over the whole pool (:func:`neighbour_pairs`: a faiss
+* ``global``: exact neighbours over the whole pool (:func:`neighbour_pairs`: a faiss
   exact inner-product range search on all cores, NumPy matrix products in blocks without faiss),
   then rows in keeper order, each dropped only when its cosine to a *kept* row exceeds ``1 - eps``
   (the greedy rule of :func:`pipeline.dedup.resolve_duplicates`, ``linkage="keeper"``). Every
@@ -18,6 +18,9 @@ Which pairs are compared (``neighbours``):
   measured every semhash-only removal to have a true neighbour in another cluster). Cost: one pass
   of ``n^2 d`` multiply-adds (about a minute at 100k rows of 384-d on two CPU cores); for larger
   pools choose ``cluster``.
+* ``auto`` (default): ``global`` up to ``global_max_rows`` (200,000) rows in the pool (this run's
+  and the saved state's), ``cluster`` above, where exact search would take hours on a CPU (1M rows
+  of 384-d: ~100 min on two cores); the manifest's ``summary.neighbours`` says which ran.
 * ``cluster``: the paper's rule as published: spherical faiss k-means (GPU when a GPU build of faiss
   and a GPU are present), and inside each cluster the members are ordered by the keeper policy and
   a member is a duplicate when its cosine similarity to any member ordered before it exceeds
@@ -85,11 +88,14 @@ class SemDedupParams(KeeperParams):
     seed: int = Field(0, ge=0, description="k-means seed")
     batch_size: int = Field(64, ge=1, description="rows per embedding batch")
     gpu: Literal["auto", "cpu", "cuda"] = Field("auto", description="faiss k-means device")
-    neighbours: Literal["global", "cluster"] = Field(
-        "global",
+    neighbours: Literal["auto", "global", "cluster"] = Field(
+        "auto",
         description="global: exact neighbours over the whole pool, a row dropped only when near a kept row; "
-                    "cluster: the paper's rule inside each k-means cluster",
+                    "cluster: the paper's rule inside each k-means cluster; auto: global up to "
+                    "global_max_rows rows in the pool, cluster above",
     )
+    global_max_rows: int = Field(200_000, ge=1, description="neighbours: auto takes global up to this many rows "
+                                 "(exact search costs n^2 d: ~4 min at 200k rows of 384-d on two CPU cores)")
 
 
 def neighbour_pairs(x: np.ndarray, thr: float, y: np.ndarray | None = None,
@@ -230,7 +236,8 @@ class SemanticDedup(DedupStage):
         x = self._vectors(df, idx) if n else np.zeros((0, 1), np.float32)
         cents = self._old_tables.get("centroids")
         members = self._old_tables.get("members")
-        if p.neighbours == "global" and p.keeper != "centroid":
+        mode = self.neighbour_mode(n + (members.height if members is not None else 0))
+        if mode == "global" and p.keeper != "centroid":
             return self._score_global_pool(df, idx, sub, x, members)
         if cents is not None and cents.height:
             c = _normalise(_matrix(cents.sort("cluster")["vector"]))
@@ -246,7 +253,7 @@ class SemanticDedup(DedupStage):
         rank = keeper_rank(sub.with_columns(extra_key) if extra_key is not None else sub,
                            p.model_copy(update={"keeper": "first"}) if p.keeper == "centroid" else p,  # type: ignore[arg-type]
                            extra=pl.col("_cd") if extra_key is not None else None)
-        if p.neighbours == "global":  # keeper: centroid needs the clusters for its order only
+        if mode == "global":  # keeper: centroid needs the clusters for its order only
             res, max_sim = self._resolve_pool(x, rank, members)
         else:
             res, max_sim = self._resolve(x, assign, rank, members)
@@ -268,8 +275,15 @@ class SemanticDedup(DedupStage):
                                        "vector": _vector_series(c)}),
             "members": pl.concat([members, new_members]) if members is not None else new_members,
         }
-        self._summary.update({"clusters": int(len(c)), "threshold": 1.0 - p.eps})
+        self._summary.update({"neighbours": mode, "clusters": int(len(c)), "threshold": 1.0 - p.eps})
         return out
+
+    def neighbour_mode(self, pool_rows: int) -> str:
+        """``global`` or ``cluster`` for a pool of ``pool_rows`` (``auto``: global up to ``global_max_rows``)."""
+        p = self.params
+        if p.neighbours != "auto":
+            return p.neighbours
+        return "global" if pool_rows <= p.global_max_rows else "cluster"
 
     def _score_global_pool(self, df: pl.DataFrame, idx: np.ndarray, sub: pl.DataFrame, x: np.ndarray,
                            members: pl.DataFrame | None) -> pl.DataFrame:

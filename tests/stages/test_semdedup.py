@@ -197,3 +197,18 @@ def test_neighbour_pairs_faiss_and_numpy_agree(vectors: np.ndarray, monkeypatch:
         assert len(pairs(a) ^ pairs(b)) <= 2 and len(pairs(a)) > 20
     assert len(ref ^ pairs(fa)) <= 2 and len(ref) > 50
     assert all(j >= 0 for j in fy[1]) and max(fy[0]) < 100
+
+
+def test_auto_neighbours_is_global_up_to_the_limit_and_cluster_above(pool: pl.DataFrame, ctx: RunContext,
+                                                                      out: pl.DataFrame) -> None:
+    """``neighbours: auto`` (default): the global rule while the pool fits ``global_max_rows``, the
+    paper's within-cluster rule above it, and the summary says which ran."""
+    small = SemanticDedup(eps=0.1, keeper="first", model="minilm")
+    res = small(pool, ctx)
+    glob = SemanticDedup(eps=0.1, keeper="first", model="minilm", neighbours="global")(pool, ctx)
+    assert small.summary()["neighbours"] == "global"
+    assert res["keep"].equals(glob["keep"])
+    big = SemanticDedup(eps=0.1, keeper="first", n_clusters=8, model="minilm", global_max_rows=pool.height - 1)
+    res_big = big(pool, ctx)
+    assert big.summary()["neighbours"] == "cluster"
+    assert res_big["keep"].equals(out["keep"])  # the same as neighbours: cluster
