@@ -16,7 +16,7 @@ from pipeline.engine import run
 from pipeline.inspect import load_run
 
 VOLATILE = {"run_id", "engine", "created", "finished", "timings", "prefect", "cache", "workers", "finish"}
-STAGE_VOLATILE = {"seconds", "io_seconds", "cache_hits"}
+STAGE_VOLATILE = {"seconds", "io_seconds", "cache_hits", "estimate"}  # estimate: probe timings
 
 
 def _comparable(m: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -48,6 +48,12 @@ def test_local_and_prefect_engines_agree(tmp_path: Path, real: Path, write_confi
     assert local.manifest["engine"].startswith("local") and flowed["manifest"]["engine"] == "prefect:threads"
     assert_same_run(a, b)
     assert _comparable(local.manifest, out_local) == _comparable(flowed["manifest"], out_prefect)
+    # both probed the same model stages before they ran, and expect the same rows
+    def estimated(m: dict[str, Any]) -> dict[str, int]:
+        return {s["name"]: s["estimate"]["rows"] for s in m["stages"] if "estimate" in s}
+
+    assert estimated(local.manifest) == estimated(flowed["manifest"])
+    assert set(estimated(local.manifest)) >= {"semantic_dedup", "cluster"}
     # the report reads the same embeddings through the layout both manifests record
     ra, rb = load_run(a), load_run(b)
     ids = pl.read_parquet(a / "shards")["id"].to_list()
