@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import progress  # noqa: E402
 from pipeline.io.readers import read_table  # noqa: E402
+from pipeline.schema import with_decision  # noqa: E402
 from pipeline.scoring.stages import Perplexity  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -35,7 +36,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256)
     args = ap.parse_args()
     rows, _ = read_table(str(REAL / "code_alpaca_2k.json.gz"))
-    rows = rows.head(args.rows)
+    rows = with_decision(rows.head(args.rows))  # as a run hands rows to a stage: with keep/drop_reason
     st = Perplexity(max_tokens=args.max_tokens, max_batch_size=4, cache=False, device="cpu")
     st.setup()
     st.score(rows.head(8))  # warm-up: model loaded, kernels initialised
