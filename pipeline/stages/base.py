@@ -309,9 +309,13 @@ class Stage:
         """Run the whole stage on one in-memory table: setup, score, global score, decide. ``table`` is
         a Polars DataFrame/LazyFrame, Arrow table, pandas DataFrame or datasets.Dataset; the result is
         the same kind (:mod:`pipeline.frames`)."""
+        from pipeline import progress
         from pipeline.frames import column_hints, to_polars_like
         from pipeline.schema import conform_messages
 
+        # a call from Python is new work: an earlier run interrupted in this process (a notebook's
+        # interrupt cancels its steps) must not stop it
+        progress.reset()
         df, back = to_polars_like(table)
         given = df
         df = with_decision(conform_messages(df))  # role/content-only messages get the other fields

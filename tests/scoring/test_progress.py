@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
+import pytest
+
 from pipeline import progress
 from pipeline.config import load_config
 from pipeline.engine import run
@@ -45,3 +48,25 @@ def test_lm_stage_scores_a_seeded_sample_only(smol, pool, max_tokens) -> None:
     assert (~a.filter(scored)["keep"]).all() and a.filter(~scored)["keep"].all()  # the rule drops scored rows only
     b = Perplexity(max_tokens=max_tokens, sample=0.5, cache=False)(rows, RunContext(seed=3))
     assert b["ppl"].is_not_null().to_list() == scored.to_list()
+
+
+def test_cancel_stops_a_running_stage_at_its_next_report_and_a_new_call_runs(smol, pool, max_tokens) -> None:
+    """An interrupt (``progress.cancel``) ends LM scoring at its next batch report; the flag stays set
+    for the other steps of the stopping run, and a new call from Python works again."""
+    from pipeline.progress import Cancelled
+    from pipeline.scoring.perplexity import Perplexity
+
+    st = Perplexity(max_tokens=max_tokens, max_batch_size=1, cache=False)
+    seen: list[int] = []
+
+    def sink(t, _finished) -> None:
+        seen.append(t.done)
+        if t.done >= 1:
+            progress.cancel()
+
+    with progress.sink(sink, interval=0.0), pytest.raises(Cancelled):
+        st(pool)
+    assert progress.cancelled() and max(seen) < pool.height  # stopped before the last row
+    out = st(pool)
+    assert not progress.cancelled()
+    assert out.filter(pl.col("keep"))["ppl"].is_not_null().all()
