@@ -221,13 +221,16 @@ class _Scanner:
         if self.eof:
             return False
         data = self.f.read(self.chunk)
-        if keep_from:
-            del self.buf[:keep_from]
-            self.pos -= keep_from
+        # a new buffer each time, never one resized in place: a bytearray with a live export cannot
+        # be resized, and the NumPy view handed to the compiled scanner has outlived its ``del`` once
+        # (a Dask worker thread, BufferError). The copy is the leftover plus one chunk, as += was.
+        self.pos -= keep_from
         if not data:
             self.eof = True
+            if keep_from:
+                self.buf = self.buf[keep_from:]
             return False
-        self.buf += data
+        self.buf = self.buf[keep_from:] + data
         return True
 
     def skip_ws(self) -> bool:
