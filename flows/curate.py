@@ -288,14 +288,6 @@ def manifest_markdown(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def publish(manifest: dict[str, Any], name: str) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    key = re.sub(r"[^a-z0-9-]+", "-", f"curate-{name}".lower()).strip("-")[:100]
-    create_markdown_artifact(markdown=manifest_markdown(manifest), key=key,
-                             description=f"manifest of run {manifest['run_id']}")
-
-
 # ---------------------------------------------------------------- flows
 
 

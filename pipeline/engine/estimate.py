@@ -32,7 +32,7 @@ import polars as pl
 
 from pipeline.engine.chains import ShardChain, read_chain_cached
 from pipeline.engine.plan import Plan, stage_instance
-from pipeline.engine.steps import GlobalRef, global_slice, step_paths
+from pipeline.engine.steps import GlobalRef, apply_step, global_slice, step_paths
 from pipeline.engine.store import cached_meta
 from pipeline.schema import with_decision
 from pipeline.stages.base import Stage
@@ -113,14 +113,13 @@ class _Counters:
             getattr(self.stage, k).update(v)
 
 
-def _apply(plan: Plan, step: Any, stage: Stage, df: pl.DataFrame, chain: ShardChain,
-           gref: GlobalRef | None) -> pl.DataFrame:
-    if step.kind == "row":
-        return stage.decide(stage.score(df))
-    if step.kind == "pre":
-        return stage.score(df)
-    add = global_slice(chain, gref)[df[_POS].to_list()] if gref is not None else None
-    return stage.decide(df.with_columns(add)) if add is not None else df
+def _apply(step: Any, stage: Stage, df: pl.DataFrame, chain: ShardChain, gref: GlobalRef | None) -> pl.DataFrame:
+    """The step on the probe's rows (a ``post`` step reads the same rows of the global step's slice)."""
+    if step.kind == "post":
+        if gref is None:
+            return df
+        return apply_step(stage, "post", df, global_slice(chain, gref)[df[_POS].to_list()])
+    return apply_step(stage, step.kind, df)
 
 
 def probe_segment(chain: ShardChain, plan: Plan, seg_index: int, gref: GlobalRef | None,
@@ -151,7 +150,7 @@ def probe_segment(chain: ShardChain, plan: Plan, seg_index: int, gref: GlobalRef
             break
         stage, _ = stage_instance(plan, step.stage)
         if i not in wanted:
-            probe = _apply(plan, step, stage, probe, chain, gref)
+            probe = _apply(step, stage, probe, chain, gref)
             continue
         counters = _Counters(stage)
         try:
@@ -162,7 +161,7 @@ def probe_segment(chain: ShardChain, plan: Plan, seg_index: int, gref: GlobalRef
             t1 = time.perf_counter()
             stage.score(kept)  # the first row is cached now: this times the other rows
             t2 = time.perf_counter()
-            probe = _apply(plan, step, stage, probe, chain, gref)
+            probe = _apply(step, stage, probe, chain, gref)
         finally:
             counters.restore()
         timed = max(kept.height - 1, 0)

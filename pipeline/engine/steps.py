@@ -103,6 +103,18 @@ def global_slice(chain: ShardChain, gref: GlobalRef) -> pl.DataFrame:
     return guarded(slice_path, lambda: pl.read_parquet(slice_path))
 
 
+def apply_step(stage: Stage, kind: str, df: pl.DataFrame, add: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One per-shard step on ``df``: ``row`` scores and decides, ``pre`` scores (for the global step),
+    ``post`` decides with ``add``, the columns the global step handed back."""
+    if kind == "row":
+        return stage.decide(stage.score(df))
+    if kind == "pre":
+        return stage.score(df)
+    if add is None:
+        raise RuntimeError("post step without its global result")
+    return stage.decide(df.with_columns(add))
+
+
 def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef | None = None) -> SegmentResult:
     """Run one segment's per-shard steps on one shard, reusing every step already in the store."""
     seg = plan.segments[seg_index]
@@ -142,12 +154,7 @@ def run_segment(plan: Plan, seg_index: int, chain: ShardChain, gref: GlobalRef |
                     raise RuntimeError(f"global result has {add.height} rows for a shard of {df.height}")
                 extra = add.columns
             t0 = time.perf_counter()
-            if step.kind == "row":
-                out = stage.decide(stage.score(df))
-            elif step.kind == "pre":
-                out = stage.score(df)
-            else:
-                out = stage.decide(df.with_columns(add))
+            out = apply_step(stage, step.kind, df, add if step.kind == "post" else None)
             dt = time.perf_counter() - t0
             if out.height != df.height:
                 raise RuntimeError(f"{spec.name}: {step.kind} returned {out.height} rows for {df.height}; "
