@@ -160,6 +160,22 @@ def minhash_matrix(flat: np.ndarray, off: np.ndarray, a: np.ndarray, b: np.ndarr
     return sig
 
 
+@nb.njit(cache=True, nogil=True)
+def lsh_band_keys(sig: np.ndarray, bands: int, rows: int, start: np.ndarray) -> np.ndarray:
+    """One uint64 key per (row, band): from ``start[band]``, ``h = (h ^ value) * prime`` over the band's
+    ``rows`` signature values, finished with splitmix64 (:func:`pipeline.dedup.hashing.band_keys`).
+    One pass over the signature matrix; NumPy spends ~2 temporaries per value on the same sum."""
+    n = sig.shape[0]
+    out = np.empty((n, bands), np.uint64)
+    for i in range(n):
+        for j in range(bands):
+            h = start[j]
+            for k in range(j * rows, (j + 1) * rows):
+                h = (h ^ np.uint64(sig[i, k])) * FNV_PRIME
+            out[i, j] = _mix64(h)
+    return out
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _insert(keys: np.ndarray, stamp: np.ndarray, tag: int, x: np.uint64) -> tuple[int, bool]:
     """Find ``x`` in an open-addressing table, adding it if absent: ``(slot, added)``.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline._kernels import minhash_matrix, ngram_shingles, pair_jaccard
-from pipeline.dedup import minhash_params, minhash_signatures, mix64
+from pipeline.dedup import band_keys, minhash_params, minhash_signatures, mix64
 
 MASK = (1 << 64) - 1
 
@@ -51,6 +51,26 @@ def test_minhash_matrix_equals_numpy_broadcast() -> None:
             assert sig[r].tolist() == ref.tolist()
     assert (a & np.uint64(1)).all() and len(set(a.tolist())) == 16
     assert not np.array_equal(minhash_params(16, seed=4)[0], a)
+
+
+@pytest.mark.parametrize(("bands", "rows"), [(10, 12), (20, 5), (1, 128), (9, 13)])
+def test_band_keys_equal_a_python_reference(bands: int, rows: int) -> None:
+    sig = np.random.default_rng(bands).integers(0, 2**32, (40, 128), dtype=np.uint32)
+    keys = band_keys(sig, bands, rows, seed=7)
+    assert keys.shape == (40, bands) and keys.dtype == np.uint64
+    for i in (0, 17, 39):
+        for j in range(bands):
+            h = _py_mix(j + 7)
+            for v in sig[i, j * rows : (j + 1) * rows].tolist():
+                h = ((h ^ v) * 0x100000001B3) & MASK
+            assert int(keys[i, j]) == _py_mix(h)
+    # rows whose band values agree share that band's key, and only that one
+    twin = sig[1].copy()
+    twin[rows:] ^= 1
+    k2 = band_keys(np.stack([sig[1], twin]), bands, rows, seed=7)
+    assert k2[0, 0] == k2[1, 0] and (bands == 1 or (k2[0, 1:] != k2[1, 1:]).all())
+    with pytest.raises(ValueError, match="signature slots"):
+        band_keys(sig[:, :5], bands, rows)
 
 
 def test_minhash_slot_agreement_estimates_jaccard() -> None:

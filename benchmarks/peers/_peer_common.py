@@ -48,6 +48,27 @@ def greedy_keep_first(n: int, candidates, similar) -> list[int]:  # noqa: ANN001
     return removed
 
 
+def datajuicer(src: str, dst: str, op: dict) -> None:
+    """Run one data-juicer operator over ``src`` as its users do (``dj-process --config``, ``np`` =
+    every core, no cache, no tracer), then write the rows it did not export to ``dst``."""
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    work = Path(tempfile.mkdtemp(prefix="dj-"))
+    conf = {"project_name": "peers", "dataset_path": src, "export_path": str(work / "kept.jsonl"),
+            "np": os.cpu_count(), "text_keys": "text", "open_tracer": False, "use_cache": False, "process": [op]}
+    (work / "cfg.yaml").write_text(json.dumps(conf))  # YAML is a superset of JSON
+    subprocess.run([str(Path(sys.executable).with_name("dj-process")), "--config", str(work / "cfg.yaml")],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(work / "kept.jsonl") as f:
+        kept = {json.loads(line)["row"] for line in f}
+    n = pq.read_metadata(src).num_rows
+    write_removed(dst, [i for i in range(n) if i not in kept])
+    report(rows=n, removed=n - len(kept))
+
+
 def report(**kw: object) -> None:
     print(json.dumps(kw), flush=True)
 

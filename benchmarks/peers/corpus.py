@@ -49,17 +49,18 @@ def real_texts() -> list[str]:
     return out
 
 
-def documents() -> list[str]:
-    """Real documents of 40+ words (long texts cut into 60-word pieces), exact duplicates removed."""
+def documents(min_words: int = MIN_WORDS, cut_over: int = CUT_OVER, chunk: int = CHUNK) -> list[str]:
+    """Real documents of ``min_words``+ words (texts over ``cut_over`` words cut into ``chunk``-word
+    pieces), exact duplicates removed."""
     seen: set[str] = set()
     docs: list[str] = []
     for t in real_texts():
         words = t.split()
-        if len(words) < MIN_WORDS:
+        if len(words) < min_words:
             continue
-        pieces = [words] if len(words) <= CUT_OVER else [words[i:i + CHUNK] for i in range(0, len(words), CHUNK)]
+        pieces = [words] if len(words) <= cut_over else [words[i:i + chunk] for i in range(0, len(words), chunk)]
         for p in pieces:
-            if len(p) < MIN_WORDS:
+            if len(p) < min_words:
                 continue
             d = " ".join(p)
             if d not in seen:
@@ -114,16 +115,43 @@ def edit(doc: str, frac: float, rng: np.random.Generator, vocab: list[str]) -> s
     return " ".join(words)
 
 
-def build(n: int, docs: list[str], copies: float = 0.05, frac: float = 0.01, seed: int = 0) -> pa.Table:
+def reformat(doc: str, frac: float, rng: np.random.Generator, vocab: list[str]) -> str:  # noqa: ARG001
+    """A formatting-only copy: ``frac`` of the words (at least one) get their case changed, a
+    punctuation mark appended or removed, or the space after them doubled or made a line break. The
+    copy equals its original after lower-casing and folding punctuation and white space (the exact
+    dedup corpus's truth); its bytes differ."""
+    words = doc.split(" ")
+    for _ in range(max(1, int(round(frac * len(words))))):
+        i = int(rng.integers(len(words)))
+        w, op = words[i], int(rng.integers(4))
+        if op == 0:
+            words[i] = w.upper() if w.islower() else w.lower()
+        elif op == 1:
+            words[i] = w + ",.;:!?"[int(rng.integers(6))]
+        elif op == 2 and len(w) > 1 and not w[-1].isalnum():
+            words[i] = w[:-1]
+        else:
+            words[i] = w + ("\n" if rng.integers(2) else " ")
+    return " ".join(words)
+
+
+def build(n: int, docs: list[str], copies: float = 0.05, frac: float = 0.01, seed: int = 0,
+          copy=edit) -> pa.Table:  # noqa: ANN001
     rng = np.random.default_rng(seed)
     n_copy = int(n * copies)
     n_base = n - n_copy
-    if n_base > len(docs):
-        raise SystemExit(f"only {len(docs):,} real documents, {n_base:,} needed")
-    base = [docs[i] for i in rng.choice(len(docs), n_base, replace=False)]
+    base = [docs[i] for i in rng.choice(len(docs), min(n_base, len(docs)), replace=False)]
     vocab = re.findall(r"[A-Za-z]{3,12}", " ".join(base[:2000]))
+    if n_base > len(docs):
+        # more documents than the real data holds: the rest are real documents with half of their
+        # words edited (5-gram Jaccard to their original ~0.1, far from any threshold), each from
+        # another original (benchmarks/dedup.py's pool grows the same way)
+        extra = n_base - len(docs)
+        if extra > len(docs):
+            raise SystemExit(f"only {len(docs):,} real documents, {n_base:,} needed (at most twice as many)")
+        base += [edit(docs[i], 0.5, rng, vocab) for i in rng.choice(len(docs), extra, replace=False)]
     orig = rng.choice(n_base, n_copy, replace=False)
-    texts = base + [edit(base[i], frac, rng, vocab) for i in orig]
+    texts = base + [copy(base[i], frac, rng, vocab) for i in orig]
     group = np.full(n, -1, dtype=np.int64)
     group[orig] = np.arange(n_copy)
     group[n_base:] = np.arange(n_copy)
@@ -154,6 +182,31 @@ def instructions(n: int, out: Path) -> Path:
     return path
 
 
+LM_FILES = ["code_alpaca_2k.json.gz", "gsm8k_train.jsonl.gz", "alpaca_eval_reference.parquet", "gpteacher_roleplay.json.gz"]
+
+
+def lm_rows(n: int, out: Path, max_words: int = 400) -> Path:
+    """The LM-scoring corpus: ``n`` real single-turn instruction/response pairs (Code Alpaca, GSM8K,
+    AlpacaEval references, GPTeacher roleplay) of at most ``max_words`` words in all, drawn (seeded),
+    written to ``lm_{n}.parquet`` (``row``, ``instruction``, ``response``)."""
+    import polars as pl
+
+    from pipeline.io.readers import read_table
+
+    parts = []
+    for f in LM_FILES:
+        df, _ = read_table(str(REAL / f))
+        parts.append(df.filter(pl.col("messages").list.len() == 2).select(
+            pl.col("messages").list.first().struct.field("content").alias("instruction"),
+            pl.col("messages").list.last().struct.field("content").alias("response")))
+    pool = pl.concat(parts).filter(
+        (pl.col("instruction").str.split(" ").list.len() + pl.col("response").str.split(" ").list.len()) <= max_words)
+    pool = pool[np.random.default_rng(0).permutation(pool.height)[:n].tolist()]
+    path = out / f"lm_{n}.parquet"
+    pool.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64)).write_parquet(path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,300000")
@@ -163,26 +216,38 @@ def main() -> None:
     ap.add_argument("--natural", action="store_true",
                     help="keep the real data's own near-duplicates (files docs_{n}_natural.*): the corpus for "
                          "comparing how tools treat chains of near-duplicates")
+    ap.add_argument("--long", action="store_true",
+                    help="documents of 80-150 words (longer texts cut into 100-word pieces; files docs_{n}_long.*): "
+                         "one edit in 1%% of the words leaves a copy at Jaccard ~0.9, where the shared 10x12 LSH "
+                         "finds ~95%% of the pairs")
+    ap.add_argument("--exact", action="store_true",
+                    help="plant formatting-only copies instead (case, punctuation, white space; files exact_{n}.*): "
+                         "the exact-dedup corpus")
+    ap.add_argument("--lm", type=int, help="write only the LM-scoring corpus of this many instruction/response pairs")
     ap.add_argument("--instructions", type=int, help="write only the SemDeDup corpus of this many instructions")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.lm:
+        print(lm_rows(a.lm, out))
+        return
     if a.instructions:
         print(instructions(a.instructions, out))
         return
-    docs = documents()
-    tag = "_natural" if a.natural else ""
+    docs = documents(80, 150, 100) if a.long else documents()
+    tag = ("_natural" if a.natural else "") + ("_long" if a.long else "")
+    stem = "exact" if a.exact else "docs"
     if not a.natural:
         clean = without_near_duplicates(docs)
         print(f"{len(docs):,} real documents, {len(clean):,} without a near-duplicate among them")
         docs = clean
     for n in (int(x) for x in a.sizes.split(",")):
-        t = build(n, docs, a.copies, a.edit)
-        pq.write_table(t, out / f"docs_{n}{tag}.parquet")
+        t = build(n, docs, a.copies, a.edit if not a.exact else 0.03, copy=reformat if a.exact else edit)
+        pq.write_table(t, out / f"{stem}_{n}{tag}.parquet")
         # the project reads the same texts as single-turn prompt/completion rows; dedup key: response
         proj = pa.table({"prompt": pa.array([f"doc {i}" for i in range(n)]), "completion": t["text"]})
-        pq.write_table(proj, out / f"docs_{n}{tag}.project.parquet")
-        print(f"{n:,} rows -> {out}/docs_{n}{tag}.parquet ({int((t['group'].to_numpy() >= 0).sum()) // 2:,} planted pairs)")
+        pq.write_table(proj, out / f"{stem}_{n}{tag}.project.parquet")
+        print(f"{n:,} rows -> {out}/{stem}_{n}{tag}.parquet ({int((t['group'].to_numpy() >= 0).sum()) // 2:,} planted pairs)")
 
 
 if __name__ == "__main__":

@@ -84,14 +84,18 @@ def project_env() -> dict[str, str]:
 # ---------------------------------------------------------------- tools: (cmd, removed-rows reader)
 
 
-def curate_cli(engine: str) -> Any:
+MINHASH_STAGE = {"stage": "minhash_dedup", "key": "response", "ngram": 5, "num_perm": 128, **MH}
+EXACT_STAGE = {"stage": "exact_dedup", "key": "response", "keeper": "first"}
+
+
+def curate_cli(engine: str, stage: dict | None = None) -> Any:
     def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
         src = data.with_suffix(".project.parquet")
-        cfg = tmp / "minhash.yaml"
+        cfg = tmp / "run.yaml"
         cfg.write_text(json.dumps({
             "run": {"name": "peers", "out": str(tmp / "runs")},
             "sources": [{"path": str(src)}],
-            "stages": [{"stage": "minhash_dedup", "key": "response", "ngram": 5, "num_perm": 128, **MH}],
+            "stages": [stage or MINHASH_STAGE],
             "flow": {"work_dir": str(tmp / "work")},
         }))
         curate = str(Path(PROJECT_PY).with_name("curate"))
@@ -105,17 +109,22 @@ def curate_cli(engine: str) -> Any:
     return case
 
 
-def curate_python(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
-    dst = tmp / "removed.parquet"
-    return ([PROJECT_PY, str(HERE / "minhash_project_python.py"), str(data), str(dst), json.dumps(MH)],
-            lambda: pq.read_table(dst)["row"].to_numpy(), project_env())
-
-
-def peer(name: str) -> Any:
+def curate_python(script: str = "minhash_project_python.py") -> Any:
     def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
         dst = tmp / "removed.parquet"
-        py = str(Path(os.environ.get("PEERS", "/tmp/peers")) / name / "bin" / "python")
-        return ([py, str(HERE / f"minhash_{name}.py"), str(data), str(dst), json.dumps(MH)],
+        return ([PROJECT_PY, str(HERE / script), str(data), str(dst), json.dumps(MH)],
+                lambda: pq.read_table(dst)["row"].to_numpy(), project_env())
+    return case
+
+
+VENV = {"datajuicer": "dj"}  # peer script suffix -> its virtualenv under $PEERS
+
+
+def peer(name: str, what: str = "minhash") -> Any:
+    def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+        dst = tmp / "removed.parquet"
+        py = str(Path(os.environ.get("PEERS", "/tmp/peers")) / VENV.get(name, name) / "bin" / "python")
+        return ([py, str(HERE / f"{what}_{name}.py"), str(data), str(dst), json.dumps(MH)],
                 lambda: pq.read_table(dst)["row"].to_numpy(), {**os.environ, "PYTHONPATH": ""})
     return case
 
@@ -207,10 +216,19 @@ TOOLS = {
     "curate-prefect": ("`curate run` (CLI, default Prefect engine; ephemeral API server started by the run)",
                        curate_cli("prefect")),
     "curate-prefect-server": ("`curate run` (CLI, Prefect engine, API server already running)", curate_cli_server),
-    "curate-python": ("`minhash_dedup(table)` (Python, in memory)", curate_python),
+    "curate-python": ("`minhash_dedup(table)` (Python, in memory)", curate_python()),
     "rensa": ("rensa 0.5 (bulk R-MinHash, RMinHashLSH)", peer("rensa")),
     "datasketch": ("datasketch 2.0 (`MinHash.bulk` on all cores, MinHashLSH)", peer("datasketch")),
     "datatrove": ("datatrove 0.10.1 (4-stage MinHash, all cores)", peer("datatrove")),
+    "datajuicer": ("data-juicer 1.6.1 (`dj-process`, document_minhash_deduplicator, all cores)", peer("datajuicer")),
+}
+EXACT_TOOLS = {
+    "curate-local": ("`curate run --engine local` (CLI, `exact_dedup`, key response, keeper first)",
+                     curate_cli("local", EXACT_STAGE)),
+    "curate-prefect": ("`curate run` (CLI, default Prefect engine, ephemeral API server)", curate_cli("prefect", EXACT_STAGE)),
+    "curate-python": ("`exact_dedup(table)` (Python, in memory)", curate_python("exact_project_python.py")),
+    "polars": ("Polars 2.2 (normalise, `is_first_distinct`, all cores)", peer("polars", "exact")),
+    "datajuicer": ("data-juicer 1.6.1 (`dj-process`, document_deduplicator, all cores)", peer("datajuicer", "exact")),
 }
 
 
@@ -236,7 +254,7 @@ def run_tool(name: str, make: Any, data: Path) -> tuple[float, float, Any]:
 
 
 def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
-    tools = [t for t in a.tools.split(",") if t in SEM_TOOLS] or list(SEM_TOOLS)
+    tools = [t for t in (a.tools or "").split(",") if t in SEM_TOOLS] or list(SEM_TOOLS)
     for n in (int(x) for x in a.sizes.split(",")):
         data = Path(a.data) / f"instr_{n}.parquet"
         near = sem_truth(data)
@@ -264,6 +282,38 @@ def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
                   f"| {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
 
 
+def alternate(cases: dict[str, tuple[str, list[str], dict]], data: Path, n: int, runs: int, rows: list[dict],
+              suffix: str = ".npy") -> tuple[dict[str, list[dict]], dict[str, np.ndarray]]:
+    """Run every case ``runs`` times, alternated, each as ``CMD DATA OUT`` in a fresh temp dir; the
+    figures of each run, and each case's output array (``np.load`` of OUT) from its last run."""
+    res: dict[str, list[dict]] = {t: [] for t in cases}
+    outs: dict[str, np.ndarray] = {}
+    for r in range(runs):
+        for t, (_, cmd, env) in cases.items():
+            tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+            try:
+                wall, rss, _ = timed([*cmd[:2], str(data), str(tmp / f"out{suffix}"), *cmd[2:]], env=env)
+                outs[t] = np.load(tmp / f"out{suffix}")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "load": os.getloadavg()[0]}
+            res[t].append(one)
+            rows.append(one)
+            print(json.dumps(one), flush=True)
+    return res, outs
+
+
+def throughput_table(cases: dict[str, tuple[str, list[str], dict]], res: dict[str, list[dict]], n: int,
+                     unit: str) -> None:
+    print(f"| implementation | wall s min | wall s median | {unit}/s (min wall) | peak RSS MB (tree) | load (1 min) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for t, (label, _, _) in cases.items():
+        w = [x["wall_s"] for x in res[t]]
+        print(f"| {label} | {min(w):.1f} | {statistics.median(w):.1f} | {n / min(w):,.1f} | "
+              f"{max(x['rss_mb'] for x in res[t]):,.0f} | "
+              f"{min(x['load'] for x in res[t]):.1f}-{max(x['load'] for x in res[t]):.1f} |")
+
+
 def embed(a: argparse.Namespace, rows: list[dict]) -> None:
     """Embedding throughput: the project's stage against a bare ``SentenceTransformer.encode`` of the
     same MiniLM on the same texts; vectors compared (max |difference|)."""
@@ -277,75 +327,87 @@ def embed(a: argparse.Namespace, rows: list[dict]) -> None:
                    [str(peers / "st" / "bin" / "python"), str(HERE / "embed_st.py")],
                    {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}),
         }
-        res: dict[str, list[dict]] = {t: [] for t in cases}
-        vec: dict[str, np.ndarray] = {}
-        for r in range(a.runs):
-            for t, (_, cmd, env) in cases.items():
-                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
-                try:
-                    wall, rss, _ = timed([*cmd, str(data), str(tmp / "v.npy")], env=env)
-                    vec[t] = np.load(tmp / "v.npy")
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "load": os.getloadavg()[0]}
-                res[t].append(one)
-                rows.append(one)
-                print(json.dumps(one), flush=True)
+        res, vec = alternate(cases, data, n, a.runs, rows)
         diff = float(np.abs(vec["curate"] - vec["st"]).max())
         print(f"\n{data.name}: {n:,} real instructions; {a.runs} run(s) alternated; "
               f"max |vector difference| {diff:.2e}\n")
-        print("| implementation | wall s min | wall s median | texts/s (min wall) | peak RSS MB (tree) | load (1 min) |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for t, (label, _, _) in cases.items():
-            w = [x["wall_s"] for x in res[t]]
-            print(f"| {label} | {min(w):.1f} | {statistics.median(w):.1f} | {n / min(w):,.0f} | "
-                  f"{max(x['rss_mb'] for x in res[t]):,.0f} | "
-                  f"{min(x['load'] for x in res[t]):.1f}-{max(x['load'] for x in res[t]):.1f} |")
+        throughput_table(cases, res, n, "texts")
+
+
+def lm(a: argparse.Namespace, rows: list[dict]) -> None:
+    """LM scoring: the project's ``perplexity`` against a bare, length-sorted transformers loop at batch
+    16 over the same SmolLM2-135M GGUF (both float32 on CPU, same torch and transformers); the
+    perplexities compared (Spearman correlation, median relative difference)."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.models import resolve_model
+
+    gguf = str(resolve_model("smollm2").path)
+    peers = Path(os.environ.get("PEERS", "/tmp/peers"))
+    for n in (int(x) for x in a.sizes.split(",")):
+        data = Path(a.data) / f"lm_{n}.parquet"
+        cases = {
+            "curate": ("sft-curate `perplexity(table)` (defaults: packed length-sorted batches of <= 4,096 tokens, "
+                       "LM head at target positions)", [PROJECT_PY, str(HERE / "lm_project.py")], project_env()),
+            "hf": ("bare transformers loop (length-sorted, batch 16, full logits, log_softmax + gather)",
+                   [str(peers / "hf" / "bin" / "python"), str(HERE / "lm_hf.py"), gguf, "16"],
+                   {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}),
+        }
+        res, ppl = alternate(cases, data, n, a.runs, rows)
+        x, y = ppl["curate"], ppl["hf"]
+        rank = np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
+        rel = float(np.median(np.abs(x - y) / y))
+        tokens = int(pq.read_table(data).num_rows)
+        print(f"\n{data.name}: {tokens:,} real instruction/response pairs; {a.runs} run(s) alternated; "
+              f"perplexities: Spearman {rank:.4f}, median relative difference {rel:.2e}\n")
+        throughput_table(cases, res, n, "rows")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["minhash", "semdedup", "embed"])
+    ap.add_argument("what", choices=["minhash", "exact", "semdedup", "embed", "lm"])
     ap.add_argument("--sizes", default="100000")
     ap.add_argument("--data", default="/tmp/peers-data", help="corpus.py's output directory")
     ap.add_argument("--corpus", default="docs_{n}", help="file stem, e.g. docs_{n}_natural")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--tools", help="comma-separated keys (default: every tool of WHAT)")
     ap.add_argument("--json", help="also write every run's figures here")
     a = ap.parse_args()
     rows: list[dict] = []
     print(f"# {platform.node()} {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
           f"load {os.getloadavg()}", flush=True)
-    if a.what in ("semdedup", "embed"):
-        (semdedup if a.what == "semdedup" else embed)(a, rows)
+    if a.what in ("semdedup", "embed", "lm"):
+        {"semdedup": semdedup, "embed": embed, "lm": lm}[a.what](a, rows)
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=1))
         return
-    tools = a.tools.split(",")
+    table = TOOLS if a.what == "minhash" else EXACT_TOOLS
+    tools = a.tools.split(",") if a.tools else list(table)
+    if a.what == "exact" and a.corpus == "docs_{n}":
+        a.corpus = "exact_{n}"
     for n in (int(x) for x in a.sizes.split(",")):
         data = Path(a.data) / (a.corpus.format(n=n) + ".parquet")
         group = pq.read_table(data, columns=["group"])["group"].to_numpy()
         res: dict[str, list[dict]] = {t: [] for t in tools}
         server = prefect_server() if "curate-prefect-server" in tools else contextlib.nullcontext()
         with server:
-            minhash_runs(a, tools, data, group, res, rows, n)
+            minhash_runs(a, table, tools, data, group, res, rows, n)
         print(f"\n{data.name}: {n:,} rows, {int((group >= 0).sum()) // 2:,} planted pairs; {a.runs} run(s) alternated\n")
         print("| tool | wall s min | wall s median | peak RSS MB (tree) | recall | false removals | load (1 min) |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for t in tools:
             rs = res[t]
             w = [x["wall_s"] for x in rs]
-            print(f"| {TOOLS[t][0]} | {min(w):.1f} | {statistics.median(w):.1f} | {max(x['rss_mb'] for x in rs):,.0f} | "
+            print(f"| {table[t][0]} | {min(w):.1f} | {statistics.median(w):.1f} | {max(x['rss_mb'] for x in rs):,.0f} | "
                   f"{rs[0]['recall']:.3f} | {rs[0]['false']:,} | {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 
 
-def minhash_runs(a: argparse.Namespace, tools: list[str], data: Path, group: np.ndarray, res: dict, rows: list,
-                 n: int) -> None:
+def minhash_runs(a: argparse.Namespace, table: dict, tools: list[str], data: Path, group: np.ndarray, res: dict,
+                 rows: list, n: int) -> None:
     for r in range(a.runs):
         for t in tools:
-            wall, rss, gone = run_tool(t, TOOLS[t][1], data)
+            wall, rss, gone = run_tool(t, table[t][1], data)
             recall, false = score(gone, group)
             one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "recall": recall, "false": false,
                    "load": os.getloadavg()[0]}

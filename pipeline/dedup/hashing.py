@@ -220,13 +220,12 @@ def minhash_params(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def band_keys(sig: np.ndarray, bands: int, rows: int, seed: int = HASH_SEED) -> np.ndarray:
     """LSH band keys: one uint64 per (row, band), hashing that band's ``rows`` signature values
-    (the FNV-style combine of the n-gram hashes, finished with splitmix64)."""
-    from pipeline._kernels import FNV_PRIME
+    (the FNV-style combine of the n-gram hashes from a per-band start, finished with splitmix64;
+    a compiled loop, :func:`pipeline._kernels.lsh_band_keys`)."""
+    from pipeline._kernels import lsh_band_keys
 
-    n = sig.shape[0]
-    s = sig[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    if sig.shape[1] < bands * rows:
+        raise ValueError(f"band_keys: {bands} bands x {rows} rows need {bands * rows} signature slots, not {sig.shape[1]}")
     with np.errstate(over="ignore"):
-        h = mix64(np.arange(bands, dtype=np.uint64) + np.uint64(seed))[None, :].repeat(n, axis=0)
-        for j in range(rows):
-            h = (h ^ s[:, :, j]) * FNV_PRIME
-        return mix64(h)
+        start = mix64(np.arange(bands, dtype=np.uint64) + np.uint64(seed))
+    return lsh_band_keys(np.ascontiguousarray(sig), int(bands), int(rows), start)
