@@ -207,6 +207,32 @@ def lm_rows(n: int, out: Path, max_words: int = 400) -> Path:
     return path
 
 
+HEURISTICS_FILES = ["sharegpt_17k.parquet", "t0_templated_50k.parquet"]
+
+
+def heuristics_inputs(out: Path) -> list[Path]:
+    """The heuristics corpus: each real file of ``HEURISTICS_FILES`` as it is
+    (``heur_{stem}.project.parquet``, what the project reads) and as one document per row, the row's
+    assistant turns joined by a blank line (``heur_{stem}.parquet``: ``row``, ``text``; what
+    datatrove's filters read)."""
+    import shutil
+
+    import polars as pl
+
+    from pipeline.io.readers import read_table
+    from pipeline.text import text_expr
+
+    paths = []
+    for f in HEURISTICS_FILES:
+        stem = f.split(".")[0]
+        shutil.copyfile(REAL / f, out / f"heur_{stem}.project.parquet")
+        df, _ = read_table(str(REAL / f))
+        df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
+                  text_expr("response").fill_null("").alias("text")).write_parquet(out / f"heur_{stem}.parquet")
+        paths.append(out / f"heur_{stem}.parquet")
+    return paths
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,300000")
@@ -223,11 +249,15 @@ def main() -> None:
     ap.add_argument("--exact", action="store_true",
                     help="plant formatting-only copies instead (case, punctuation, white space; files exact_{n}.*): "
                          "the exact-dedup corpus")
+    ap.add_argument("--heuristics", action="store_true", help="write only the heuristics corpus (heur_*)")
     ap.add_argument("--lm", type=int, help="write only the LM-scoring corpus of this many instruction/response pairs")
     ap.add_argument("--instructions", type=int, help="write only the SemDeDup corpus of this many instructions")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.heuristics:
+        print(*heuristics_inputs(out), sep="\n")
+        return
     if a.lm:
         print(lm_rows(a.lm, out))
         return

@@ -129,10 +129,18 @@ def peer(name: str, what: str = "minhash") -> Any:
     return case
 
 
+def static_dir() -> str:
+    """The project's default CPU embedding model (distilled from MiniLM on first use)."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.static_embeddings import ensure_static
+
+    return str(ensure_static())
+
+
 def sem_project(neighbours: str) -> Any:
     def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
         dst = tmp / "removed.parquet"
-        cfg = json.dumps({"eps": EPS, "neighbours": neighbours})
+        cfg = json.dumps({"eps": EPS, "neighbours": neighbours, "model": "minilm-static"})
         return ([PROJECT_PY, str(HERE / "semdedup_project.py"), str(data), str(dst), cfg],
                 lambda: pq.read_table(dst)["row"].to_numpy(), project_env())
     return case
@@ -141,7 +149,7 @@ def sem_project(neighbours: str) -> Any:
 def sem_peer(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
     dst = tmp / "removed.parquet"
     py = str(Path(os.environ.get("PEERS", "/tmp/peers")) / "semhash" / "bin" / "python")
-    return ([py, str(HERE / "semdedup_semhash.py"), str(data), str(dst), json.dumps({"eps": EPS})],
+    return ([py, str(HERE / "semdedup_semhash.py"), str(data), str(dst), json.dumps({"eps": EPS, "static": static_dir()})],
             lambda: pq.read_table(dst)["row"].to_numpy(), {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"})
 
 
@@ -150,16 +158,16 @@ SEM_TOOLS = {
     "curate-global": ("`semantic_dedup(table)` (Python; default `neighbours: global`)", sem_project("global")),
     "curate-cluster": ("`semantic_dedup(table, neighbours='cluster')` (the paper's within-cluster rule)",
                        sem_project("cluster")),
-    "semhash": ("semhash 0.5 (`self_deduplicate`, usearch ANN, same MiniLM)", sem_peer),
+    "semhash": ("semhash 0.5 (`self_deduplicate`, usearch ANN, the same static model through model2vec)", sem_peer),
 }
 
 
 def sem_truth(data: Path) -> np.ndarray:
-    """Brute-force neighbour pairs above 1 - eps over the whole pool (the same MiniLM vectors)."""
+    """Brute-force neighbour pairs above 1 - eps over the whole pool (the project's static vectors)."""
     sys.path.insert(0, str(REPO))
     from pipeline.embeddings import encode
 
-    x = encode(pq.read_table(data, columns=["text"])["text"].to_pylist())
+    x = encode(pq.read_table(data, columns=["text"])["text"].to_pylist(), model="minilm-static")
     s = x @ x.T
     np.fill_diagonal(s, -1)
     return s > 1.0 - EPS
@@ -270,7 +278,7 @@ def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
                 print(json.dumps(one), flush=True)
         n_pairs = int(np.triu(near, 1).sum())
         print(f"\n{data.name}: {n:,} real instructions, {n_pairs:,} brute-force pairs above cos {1 - EPS:.2f} "
-              f"(MiniLM); {a.runs} run(s) alternated\n")
+              f"(the same static vectors); {a.runs} run(s) alternated\n")
         print("| tool | wall s min | wall s median | peak RSS MB (tree) | removed | recall of pairs | "
               "removed without a kept neighbour | kept rows with a kept neighbour | load (1 min) |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -320,17 +328,29 @@ def embed(a: argparse.Namespace, rows: list[dict]) -> None:
     peers = Path(os.environ.get("PEERS", "/tmp/peers"))
     for n in (int(x) for x in a.sizes.split(",")):
         data = Path(a.data) / f"instr_{n}.parquet"
+        peer_env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}
         cases = {
-            "curate": ("sft-curate `embed_frame` (instruction view, batch 64)",
-                       [PROJECT_PY, str(HERE / "embed_project.py")], project_env()),
-            "st": ("bare `SentenceTransformer.encode` (batch 64, length-sorted by encode)",
-                   [str(peers / "st" / "bin" / "python"), str(HERE / "embed_st.py")],
-                   {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}),
+            "curate-minilm": ("sft-curate `embed_frame(model='minilm')` (instruction view, batch 64)",
+                              [PROJECT_PY, str(HERE / "embed_project.py"), "minilm"], project_env()),
+            "st": ("bare `SentenceTransformer.encode` of MiniLM (batch 64, length-sorted by encode)",
+                   [str(peers / "st" / "bin" / "python"), str(HERE / "embed_st.py")], peer_env),
+            "curate-static": ("sft-curate `embed_frame` default on CPU (`minilm-static`, distilled from MiniLM)",
+                              [PROJECT_PY, str(HERE / "embed_project.py"), "minilm-static"], project_env()),
+            "model2vec": ("model2vec 0.10 `StaticModel.encode` of the same static model",
+                          [str(peers / "semhash" / "bin" / "python"), str(HERE / "embed_model2vec.py"), static_dir()],
+                          peer_env),
         }
+        if a.tools:
+            cases = {t: c for t, c in cases.items() if t in a.tools.split(",")}
         res, vec = alternate(cases, data, n, a.runs, rows)
-        diff = float(np.abs(vec["curate"] - vec["st"]).max())
-        print(f"\n{data.name}: {n:,} real instructions; {a.runs} run(s) alternated; "
-              f"max |vector difference| {diff:.2e}\n")
+        n = len(next(iter(vec.values())))
+        diffs = []
+        for ours, peer in (("curate-minilm", "st"), ("curate-static", "model2vec")):
+            if ours in vec and peer in vec:
+                cos = float(np.median((vec[ours] * vec[peer]).sum(axis=1)))
+                diffs.append(f"{ours} vs {peer}: max |difference| {float(np.abs(vec[ours] - vec[peer]).max()):.2e}, "
+                             f"median cosine {cos:.4f}")
+        print(f"\n{data.name}: {n:,} real instructions; {a.runs} run(s) alternated; {'; '.join(diffs)}\n")
         throughput_table(cases, res, n, "texts")
 
 
@@ -348,7 +368,7 @@ def lm(a: argparse.Namespace, rows: list[dict]) -> None:
         cases = {
             "curate": ("sft-curate `perplexity(table)` (defaults: packed length-sorted batches of <= 4,096 tokens, "
                        "LM head at target positions)", [PROJECT_PY, str(HERE / "lm_project.py")], project_env()),
-            "hf": ("bare transformers loop (length-sorted, batch 16, full logits, log_softmax + gather)",
+            "hf": ("bare transformers loop (length-sorted, batch 16, full logits, cross_entropy)",
                    [str(peers / "hf" / "bin" / "python"), str(HERE / "lm_hf.py"), gguf, "16"],
                    {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}),
         }
@@ -362,9 +382,127 @@ def lm(a: argparse.Namespace, rows: list[dict]) -> None:
         throughput_table(cases, res, n, "rows")
 
 
+def heuristics(a: argparse.Namespace, rows: list[dict]) -> None:
+    """Heuristic filters: the project's ``heuristics`` stage (CLI and Python) against datatrove's Gopher
+    filters as a datatrove pipeline, on real files. Not the same rules (see RESULTS.md): throughput and
+    what each drops, not agreement."""
+    peers = Path(os.environ.get("PEERS", "/tmp/peers"))
+
+    def cli(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+        cmd, _, env = curate_cli("local", {"stage": "heuristics"})(data, tmp)
+
+        def dropped() -> int:
+            m = json.loads(next((tmp / "runs").iterdir()).joinpath("manifest.json").read_text())
+            return int(m["counts"]["dropped"])
+        return cmd, dropped, env
+
+    def script(py: str, name: str, env: dict, src: str = "") -> Any:
+        def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
+            out = tmp / "out"
+            path = data.with_suffix(".project.parquet") if src == "project" else data
+            return [py, str(HERE / name), str(path), str(out)], lambda: None, env
+        return case
+
+    cases = {
+        "curate-local": ("`curate run --engine local` (CLI, `heuristics` defaults)", cli),
+        "curate-python": ("`heuristics(table)` (Python, after `read_table`)",
+                          script(PROJECT_PY, "heuristics_project.py", project_env(), "project")),
+        "datatrove": ("datatrove 0.10.1 Gopher repetition -> quality (spaCy words, all cores)",
+                      script(str(peers / "datatrove" / "bin" / "python"), "heuristics_datatrove.py",
+                             {**os.environ, "PYTHONPATH": ""})),
+    }
+    tools = [t for t in (a.tools or "").split(",") if t in cases] or list(cases)
+    for stem in a.sizes.split(","):
+        data = Path(a.data) / f"heur_{stem}.parquet"
+        n = pq.read_metadata(data).num_rows
+        res: dict[str, list[dict]] = {t: [] for t in tools}
+        for r in range(a.runs):
+            for t in tools:
+                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+                try:
+                    cmd, dropped, env = cases[t][1](data, tmp)
+                    wall, rss, out = timed(cmd, env=env)
+                    d = dropped()
+                    if d is None:
+                        d = json.loads(out.strip().splitlines()[-1])["dropped"]
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                one = {"n": n, "file": stem, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "dropped": d,
+                       "load": os.getloadavg()[0]}
+                res[t].append(one)
+                rows.append(one)
+                print(json.dumps(one), flush=True)
+        print(f"\n{stem}: {n:,} real rows; {a.runs} run(s) alternated\n")
+        print("| tool | wall s min | wall s median | rows/s (min wall) | peak RSS MB (tree) | dropped | load (1 min) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for t in tools:
+            w = [x["wall_s"] for x in res[t]]
+            print(f"| {cases[t][0]} | {min(w):.1f} | {statistics.median(w):.1f} | {n / min(w):,.0f} | "
+                  f"{max(x['rss_mb'] for x in res[t]):,.0f} | {res[t][0]['dropped']:,} | "
+                  f"{min(x['load'] for x in res[t]):.1f}-{max(x['load'] for x in res[t]):.1f} |")
+
+
+IO_LABELS = {
+    ("ingest", "curate"): "`curate run --engine local` (one `length` stage)",
+    ("ingest", "datasets"): "datasets 5.2 `load_dataset` + `map` (all cores) + `to_parquet`",
+    ("export", "curate"): "`curate export --format messages`",
+    ("export", "datasets"): "datasets 5.2 `from_parquet` + `to_json`",
+}
+
+
+def io_command(what: str, tool: str, src: Path, run_dir: Path, tmp: Path) -> tuple[list[str], dict]:
+    """The command (and environment) of one ingest/export case, writing under ``tmp``."""
+    if tool == "curate":
+        if what == "ingest":  # curate_cli reads DATA.project.parquet: src is heur_STEM.project.parquet
+            cmd, _, env = curate_cli("local", {"stage": "length"})(src.parent / src.name.replace(".project", ""), tmp)
+            return cmd, env
+        return [str(Path(PROJECT_PY).with_name("curate")), "export", str(run_dir), "--format", "messages",
+                "--out", str(tmp / "x")], project_env()
+    py = str(Path(os.environ.get("PEERS", "/tmp/peers")) / "datasets" / "bin" / "python")
+    arg = src if what == "ingest" else run_dir
+    return [py, str(HERE / f"{what}_datasets.py"), str(arg), str(tmp / "out")], {**os.environ, "PYTHONPATH": ""}
+
+
+def io_cases(a: argparse.Namespace, rows: list[dict]) -> None:
+    """Ingest and export against Hugging Face ``datasets`` (own venv) on real chat files.
+
+    ingest: ``curate run`` with one ``length`` stage (read, map to canonical rows, ids, rejects, shards,
+    score, finalize, report) against ``load_dataset`` + ``map`` + ``to_parquet``. export: ``curate
+    export --format messages`` of a run of that file (made before timing) against ``from_parquet`` of
+    the same ``selected/`` shards + ``to_json``."""
+    for stem in a.sizes.split(","):
+        src = Path(a.data) / f"heur_{stem}.project.parquet"
+        n = pq.read_metadata(src).num_rows
+        base = Path(tempfile.mkdtemp(prefix="peers-io-"))
+        try:
+            cmd, env = io_command("ingest", "curate", src, base, base)
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            run_dir = next((base / "runs").iterdir())
+            for what in ("ingest", "export"):
+                res: dict[str, list[dict]] = {"curate": [], "datasets": []}
+                for r in range(a.runs):
+                    for t in res:
+                        tmp = Path(tempfile.mkdtemp(prefix=f"peers-{what}-{t}-"))
+                        try:
+                            cmd, env = io_command(what, t, src, run_dir, tmp)
+                            wall, rss, _ = timed(cmd, env=env)
+                        finally:
+                            shutil.rmtree(tmp, ignore_errors=True)
+                        one = {"n": n, "file": stem, "what": what, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss,
+                               "load": os.getloadavg()[0]}
+                        res[t].append(one)
+                        rows.append(one)
+                        print(json.dumps(one), flush=True)
+                print(f"\n{what}, {stem}: {n:,} real rows; {a.runs} run(s) alternated\n")
+                throughput_table({t: (IO_LABELS[what, t], [], {}) for t in res}, res, n, "rows")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["minhash", "exact", "semdedup", "embed", "lm"])
+    ap.add_argument("what", choices=["minhash", "exact", "semdedup", "embed", "lm", "heuristics", "io"],
+                    help="what to compare; for heuristics, --sizes names the files (e.g. sharegpt_17k,t0_templated_50k)")
     ap.add_argument("--sizes", default="100000")
     ap.add_argument("--data", default="/tmp/peers-data", help="corpus.py's output directory")
     ap.add_argument("--corpus", default="docs_{n}", help="file stem, e.g. docs_{n}_natural")
@@ -375,8 +513,8 @@ def main() -> None:
     rows: list[dict] = []
     print(f"# {platform.node()} {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
           f"load {os.getloadavg()}", flush=True)
-    if a.what in ("semdedup", "embed", "lm"):
-        {"semdedup": semdedup, "embed": embed, "lm": lm}[a.what](a, rows)
+    if a.what in ("semdedup", "embed", "lm", "heuristics", "io"):
+        {"semdedup": semdedup, "embed": embed, "lm": lm, "heuristics": heuristics, "io": io_cases}[a.what](a, rows)
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=1))
         return

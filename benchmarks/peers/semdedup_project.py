@@ -1,5 +1,6 @@
 """The project's SemDeDup through Python, as a notebook user calls it: read, ``semantic_dedup(table,
-eps=..., neighbours=...)`` (MiniLM embedding of the text + the dedup), write the removed rows.
+eps=..., neighbours=...)`` (the embedding of the text with ``model``, default the project's default
+static model, + the dedup), write the removed rows.
 Run with the project's interpreter and the repo on PYTHONPATH."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ df = pl.DataFrame(t).with_row_index("source_row").select(
     pl.concat_list(pl.struct(role=pl.lit("user"), content=pl.col("text")),
                    pl.struct(role=pl.lit("assistant"), content=pl.lit("ok"))).alias("messages"),
 )
-out = semantic_dedup(df, eps=cfg.get("eps", 0.05), neighbours=cfg.get("neighbours", "global"), keeper="first")
+out = semantic_dedup(df, eps=cfg.get("eps", 0.05), neighbours=cfg.get("neighbours", "global"), keeper="first",
+                     model=cfg.get("model", "auto"))
 out.filter(~pl.col("keep")).select(pl.col("source_row").alias("row")).write_parquet(dst)
 print(json.dumps({"rows": out.height, "removed": int((~out["keep"]).sum())}))

@@ -4,7 +4,9 @@ The key is a text view of the conversation (:mod:`pipeline.text`, multi-turn awa
 ``instruction`` (every system and user turn), ``response`` (every assistant turn),
 ``conversation`` (every turn with its role), or ``first_instruction`` / ``last_response``.
 With ``normalize`` (default) the text is NFKC-normalised, case-folded, punctuation and symbols are
-removed and whitespace is collapsed before hashing, so "Hello, World!" and "hello world" match.
+removed and whitespace is collapsed before hashing, so "Hello, World!" and "hello world" match. A
+text made only of punctuation and symbols (ASCII art, a table rule) would normalise to the empty
+string and match every other such text: it is compared as written instead (white space folded).
 
 ``exact_hash`` is a 64-bit Polars hash of that text (fixed seed), computed per shard; the global
 step groups equal hashes (a collision at 64 bits is ~3e-8 for a million distinct rows).
@@ -30,6 +32,7 @@ from pipeline.dedup import (
     KeeperParams,
     keeper_rank,
     kid_index,
+    normalize_text,
     participants,
     resolve_duplicates,
     response_chars,
@@ -61,7 +64,15 @@ class ExactDedup(DedupStage):
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         p = self.params
-        df = df.with_columns(text_series(df, p.key, p.normalize).hash(seed=HASH_SEED).alias("exact_hash"))
+        raw = text_series(df, p.key, normalize=False)
+        key = raw
+        if p.normalize:
+            key = normalize_text(raw)
+            erased = (key.str.len_bytes() == 0) & (raw.str.strip_chars().str.len_bytes() > 0)
+            if erased.any():
+                key = pl.select(pl.when(erased).then(raw.str.replace_all(r"\s+", " ").str.strip_chars())
+                                .otherwise(key)).to_series()
+        df = df.with_columns(key.hash(seed=HASH_SEED).alias("exact_hash"))
         return response_chars(df)
 
     def score_global(self, df: pl.DataFrame) -> pl.DataFrame:

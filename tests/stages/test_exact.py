@@ -22,6 +22,13 @@ def py_normalize(s: str) -> str:
     return " ".join(s.split())
 
 
+def py_key(s: str) -> str:
+    """The stage's key: the normalised text, or the text as written (white space folded) when
+    normalising erases all of it (punctuation and symbols only)."""
+    n = py_normalize(s)
+    return n if n or not s.strip() else " ".join(s.split())
+
+
 def py_instruction(messages: list[dict]) -> str:
     return "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
 
@@ -42,7 +49,7 @@ def test_sharegpt_duplicate_instructions_found(sharegpt: pl.DataFrame, sharegpt_
     dropped = out.filter(~pl.col("keep"))
     assert dropped.height >= 824  # the issue's count of exact duplicate instructions
     # the same number as a pure-Python dedup of the normalised instructions
-    keys = [py_normalize(py_instruction(m)) for m in sharegpt["messages"].to_list()]
+    keys = [py_key(py_instruction(m)) for m in sharegpt["messages"].to_list()]
     assert dropped.height == len(keys) - len(set(keys))
     assert set(dropped["drop_reason"].unique()) == {"exact:dup"}
     assert set(dropped["dup_kind"].unique()) == {"exact"}
@@ -61,7 +68,7 @@ def test_dup_pointers_name_a_kept_row_with_the_same_key(sharegpt_instr: pl.DataF
     assert dropped["keeper_id"].null_count() == 0, "a dup_of points at a row that is not kept"
     assert (dropped["dup_of"] == dropped["keeper_id"]).all()
     for m, km in zip(dropped["messages"].to_list()[:300], dropped["keeper_messages"].to_list()[:300], strict=True):
-        assert py_normalize(py_instruction(m)) == py_normalize(py_instruction(km))
+        assert py_key(py_instruction(m)) == py_key(py_instruction(km))
     # one keeper per group: no kept row shares a hash with another kept row
     kept = out.filter(pl.col("keep"))
     assert kept["exact_hash"].n_unique() == kept.height
@@ -90,6 +97,19 @@ def test_keeper_first_and_score_column(sharegpt: pl.DataFrame) -> None:
     assert by_score["keep"].to_list() == first["keep"].to_list()
     with pytest.raises(ValueError, match="keeper_column"):
         exact_dedup(sub, key="instruction", keeper="score", keeper_column="missing")
+
+
+def test_texts_of_symbols_only_are_compared_as_written() -> None:
+    """Normalising drops punctuation and symbols, so ASCII art and table rules would all become "" and
+    be one another's duplicates; they are compared as written (white space folded) instead."""
+    rows = ["| | |---|---|", "| | |---|---|", "|  |\n|---|---|", "│ ● │ ● │", "Hello, World!", "hello   world", "", "  "]
+    df = pl.DataFrame({"id": [str(i) for i in range(len(rows))], "source": "t", "source_row": range(len(rows)),
+                       "messages": [
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": r}] for r in rows]})
+    out = exact_dedup(df, key="response", keeper="first")
+    assert out["keep"].to_list() == [True, False, False, True, True, False, True, False]
+    assert out["dup_of"].to_list()[1:3] == ["0", "0"] and out["dup_of"][5] == "4"
+    assert out["dup_of"][7] == "6"  # empty responses stay one group (the length stage's business)
 
 
 def test_keys_are_multi_turn_aware() -> None:
