@@ -68,10 +68,12 @@ class ExactDedup(DedupStage):
         key = raw
         if p.normalize:
             key = normalize_text(raw)
-            erased = (key.str.len_bytes() == 0) & (raw.str.strip_chars().str.len_bytes() > 0)
-            if erased.any():
-                key = pl.select(pl.when(erased).then(raw.str.replace_all(r"\s+", " ").str.strip_chars())
-                                .otherwise(key)).to_series()
+            empty = (key.str.len_bytes() == 0).arg_true()  # few rows: the fallback touches only them
+            if len(empty):
+                verbatim = raw.gather(empty).str.replace_all(r"\s+", " ").str.strip_chars()
+                erased = (verbatim.str.len_bytes() > 0).arg_true()
+                if len(erased):
+                    key = key.scatter(empty.gather(erased), verbatim.gather(erased))
         df = df.with_columns(key.hash(seed=HASH_SEED).alias("exact_hash"))
         return response_chars(df)
 
