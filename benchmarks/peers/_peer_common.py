@@ -48,6 +48,24 @@ def greedy_keep_first(n: int, candidates, similar) -> list[int]:  # noqa: ANN001
     return removed
 
 
+def split_for_tasks(src: str, prefix: str) -> tuple[str, int, int, int]:
+    """Cut ``src`` (``row``, ``text``) into one Parquet file per datatrove task under a new temp dir
+    (datatrove parallelises over files): ``(work dir, rows, tasks, workers)``; the files are in
+    ``WORK/in``. Two tasks per core, every core a worker."""
+    import os
+    import tempfile
+
+    workers = os.cpu_count() or 1
+    tasks = workers * 2
+    work = tempfile.mkdtemp(prefix=prefix)
+    t = pq.read_table(src, columns=["row", "text"])
+    step = -(-t.num_rows // tasks)
+    os.makedirs(f"{work}/in")
+    for k in range(tasks):
+        pq.write_table(t.slice(k * step, step), f"{work}/in/part{k:03d}.parquet")
+    return work, t.num_rows, tasks, workers
+
+
 def datajuicer(src: str, dst: str, op: dict) -> None:
     """Run one data-juicer operator over ``src`` as its users do (``dj-process --config``, ``np`` =
     every core, no cache, no tracer), then write the rows it did not export to ``dst``."""

@@ -10,12 +10,10 @@ import glob
 import gzip
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import pyarrow.parquet as pq  # noqa: E402
-from _peer_common import args, report  # noqa: E402
+from _peer_common import args, report, split_for_tasks  # noqa: E402
 
 
 def main() -> None:
@@ -25,16 +23,7 @@ def main() -> None:
     from datatrove.pipeline.writers import JsonlWriter
 
     src, _dst, _ = args()
-    workers = os.cpu_count() or 1
-    tasks = workers * 2
-    work = tempfile.mkdtemp(prefix="datatrove-heur-")
-    t = pq.read_table(src, columns=["row", "text"])
-    step = -(-t.num_rows // tasks)
-    os.makedirs(f"{work}/in")
-    for k in range(tasks):
-        pq.write_table(t.slice(k * step, step), f"{work}/in/part{k:03d}.parquet")
-    n = t.num_rows
-    del t
+    work, n, tasks, workers = split_for_tasks(src, "datatrove-heur-")
     LocalPipelineExecutor([ParquetReader(f"{work}/in", text_key="text", id_key="row"), GopherRepetitionFilter(),
                            GopherQualityFilter(), JsonlWriter(f"{work}/kept")],
                           tasks=tasks, workers=workers, logging_dir=f"{work}/logs", skip_completed=False).run()

@@ -11,12 +11,10 @@ import gzip
 import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import pyarrow.parquet as pq  # noqa: E402
-from _peer_common import args, report, write_removed  # noqa: E402
+from _peer_common import args, report, split_for_tasks, write_removed  # noqa: E402
 
 
 def main() -> None:
@@ -33,16 +31,7 @@ def main() -> None:
 
     src, dst, cfg = args()
     bands, rows = cfg.get("bands", 10), cfg.get("rows", 12)
-    workers = os.cpu_count() or 1
-    tasks = workers * 2
-    work = tempfile.mkdtemp(prefix="datatrove-peer-")
-    t = pq.read_table(src, columns=["row", "text"])
-    step = -(-t.num_rows // tasks)
-    os.makedirs(f"{work}/in")
-    for k in range(tasks):
-        pq.write_table(t.slice(k * step, step), f"{work}/in/part{k:03d}.parquet")
-    n = t.num_rows
-    del t
+    work, n, tasks, workers = split_for_tasks(src, "datatrove-peer-")
     mc = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows)
 
     def reader() -> ParquetReader:
