@@ -56,6 +56,7 @@ class ExactDedup(DedupStage):
     kind = "exact"
     reason_prefix = "exact"
     Params = ExactParams
+    version = "2"  # 2: a text of punctuation and symbols only is compared as written (work-store keys change)
     columns = {"exact_hash": Col(pl.UInt64, "internal", "row"), **DEDUP_SCRATCH, **cols(DUP_COLUMNS, "internal", "global")}
     resources = Resources(cpus=1.0, memory_gb=1.0)
     dedup_inputs = ("exact_hash",)
