@@ -290,25 +290,43 @@ def semdedup(a: argparse.Namespace, rows: list[dict]) -> None:
                   f"| {min(x['load'] for x in rs):.1f}-{max(x['load'] for x in rs):.1f} |")
 
 
+def run_alternated(tools: list[str], runs: int, case: Any, rows: list[dict], base: dict) -> dict[str, list[dict]]:
+    """Run every tool ``runs`` times, alternated (run 1 of each, then run 2, ...), each in a fresh temp
+    dir. ``case(tool, tmp)`` gives ``(cmd, env, measure)``; ``measure(stdout)`` reads the run's own
+    figures (before the temp dir goes) as a dict merged into the row. Rows are printed and appended to
+    ``rows``; returns them per tool."""
+    res: dict[str, list[dict]] = {t: [] for t in tools}
+    for r in range(runs):
+        for t in tools:
+            tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
+            try:
+                cmd, env, measure = case(t, tmp)
+                wall, rss, out = timed(cmd, env=env)
+                extra = measure(out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            one = {**base, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, **extra, "load": os.getloadavg()[0]}
+            res[t].append(one)
+            rows.append(one)
+            print(json.dumps(one), flush=True)
+    return res
+
+
 def alternate(cases: dict[str, tuple[str, list[str], dict]], data: Path, n: int, runs: int, rows: list[dict],
               suffix: str = ".npy") -> tuple[dict[str, list[dict]], dict[str, np.ndarray]]:
     """Run every case ``runs`` times, alternated, each as ``CMD DATA OUT`` in a fresh temp dir; the
     figures of each run, and each case's output array (``np.load`` of OUT) from its last run."""
-    res: dict[str, list[dict]] = {t: [] for t in cases}
     outs: dict[str, np.ndarray] = {}
-    for r in range(runs):
-        for t, (_, cmd, env) in cases.items():
-            tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
-            try:
-                wall, rss, _ = timed([*cmd[:2], str(data), str(tmp / f"out{suffix}"), *cmd[2:]], env=env)
-                outs[t] = np.load(tmp / f"out{suffix}")
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            one = {"n": n, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "load": os.getloadavg()[0]}
-            res[t].append(one)
-            rows.append(one)
-            print(json.dumps(one), flush=True)
-    return res, outs
+
+    def case(t: str, tmp: Path) -> tuple[list[str], dict, Any]:
+        _, cmd, env = cases[t]
+
+        def measure(_stdout: str) -> dict:
+            outs[t] = np.load(tmp / f"out{suffix}")
+            return {}
+        return [*cmd[:2], str(data), str(tmp / f"out{suffix}"), *cmd[2:]], env, measure
+
+    return run_alternated(list(cases), runs, case, rows, {"n": n}), outs
 
 
 def throughput_table(cases: dict[str, tuple[str, list[str], dict]], res: dict[str, list[dict]], n: int,
@@ -391,7 +409,7 @@ def heuristics(a: argparse.Namespace, rows: list[dict]) -> None:
     def cli(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
         cmd, _, env = curate_cli("local", {"stage": "heuristics"})(data, tmp)
 
-        def dropped() -> int:
+        def dropped(_stdout: str) -> int:
             m = json.loads(next((tmp / "runs").iterdir()).joinpath("manifest.json").read_text())
             return int(m["counts"]["dropped"])
         return cmd, dropped, env
@@ -400,7 +418,8 @@ def heuristics(a: argparse.Namespace, rows: list[dict]) -> None:
         def case(data: Path, tmp: Path) -> tuple[list[str], Any, dict]:
             out = tmp / "out"
             path = data.with_suffix(".project.parquet") if src == "project" else data
-            return [py, str(HERE / name), str(path), str(out)], lambda: None, env
+            return ([py, str(HERE / name), str(path), str(out)],
+                    lambda stdout: int(json.loads(stdout.strip().splitlines()[-1])["dropped"]), env)
         return case
 
     cases = {
@@ -415,23 +434,12 @@ def heuristics(a: argparse.Namespace, rows: list[dict]) -> None:
     for stem in a.sizes.split(","):
         data = Path(a.data) / f"heur_{stem}.parquet"
         n = pq.read_metadata(data).num_rows
-        res: dict[str, list[dict]] = {t: [] for t in tools}
-        for r in range(a.runs):
-            for t in tools:
-                tmp = Path(tempfile.mkdtemp(prefix=f"peers-{t}-"))
-                try:
-                    cmd, dropped, env = cases[t][1](data, tmp)
-                    wall, rss, out = timed(cmd, env=env)
-                    d = dropped()
-                    if d is None:
-                        d = json.loads(out.strip().splitlines()[-1])["dropped"]
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                one = {"n": n, "file": stem, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss, "dropped": d,
-                       "load": os.getloadavg()[0]}
-                res[t].append(one)
-                rows.append(one)
-                print(json.dumps(one), flush=True)
+
+        def case(t: str, tmp: Path, data: Path = data) -> tuple[list[str], dict, Any]:
+            cmd, dropped, env = cases[t][1](data, tmp)
+            return cmd, env, lambda out: {"dropped": dropped(out)}
+
+        res = run_alternated(tools, a.runs, case, rows, {"n": n, "file": stem})
         print(f"\n{stem}: {n:,} real rows; {a.runs} run(s) alternated\n")
         print("| tool | wall s min | wall s median | rows/s (min wall) | peak RSS MB (tree) | dropped | load (1 min) |")
         print("|---|---:|---:|---:|---:|---:|---:|")
@@ -479,20 +487,13 @@ def io_cases(a: argparse.Namespace, rows: list[dict]) -> None:
             subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
             run_dir = next((base / "runs").iterdir())
             for what in ("ingest", "export"):
-                res: dict[str, list[dict]] = {"curate": [], "datasets": []}
-                for r in range(a.runs):
-                    for t in res:
-                        tmp = Path(tempfile.mkdtemp(prefix=f"peers-{what}-{t}-"))
-                        try:
-                            cmd, env = io_command(what, t, src, run_dir, tmp)
-                            wall, rss, _ = timed(cmd, env=env)
-                        finally:
-                            shutil.rmtree(tmp, ignore_errors=True)
-                        one = {"n": n, "file": stem, "what": what, "tool": t, "run": r, "wall_s": wall, "rss_mb": rss,
-                               "load": os.getloadavg()[0]}
-                        res[t].append(one)
-                        rows.append(one)
-                        print(json.dumps(one), flush=True)
+
+                def case(t: str, tmp: Path, what: str = what, src: Path = src, run_dir: Path = run_dir
+                         ) -> tuple[list[str], dict, Any]:
+                    cmd, env = io_command(what, t, src, run_dir, tmp)
+                    return cmd, env, lambda _out: {}
+
+                res = run_alternated(["curate", "datasets"], a.runs, case, rows, {"n": n, "file": stem, "what": what})
                 print(f"\n{what}, {stem}: {n:,} real rows; {a.runs} run(s) alternated\n")
                 throughput_table({t: (IO_LABELS[what, t], [], {}) for t in res}, res, n, "rows")
         finally:
