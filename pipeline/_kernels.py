@@ -44,12 +44,14 @@ def _code_point(data: np.ndarray, i: int) -> tuple[int, int]:
 
 @nb.njit(cache=True, nogil=True)
 def utf8_word_hashes(data: np.ndarray, offsets: np.ndarray, sep_bits: np.ndarray,
-                     start: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+                     start: np.uint64, fold_ascii: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Hash the words of each UTF-8 string ``data[offsets[i]:offsets[i+1]]``.
 
     A word is a maximal run of code points whose bit in ``sep_bits`` is clear; its hash is FNV-1a
-    over its UTF-8 bytes from ``start``, finished with splitmix64. Returns ``(hashes in text order,
-    words per string)``. The input must be valid UTF-8 (Arrow strings are).
+    over its UTF-8 bytes from ``start``, finished with splitmix64. With ``fold_ascii``, the bytes
+    ``A``-``Z`` are hashed as ``a``-``z`` (what lower-casing does to ASCII text, without a lower-cased
+    copy of the buffer). Returns ``(hashes in text order, words per string)``. The input must be
+    valid UTF-8 (Arrow strings are).
     """
     rows = len(offsets) - 1
     lens = np.zeros(rows, np.int64)
@@ -75,8 +77,14 @@ def utf8_word_hashes(data: np.ndarray, offsets: np.ndarray, sep_bits: np.ndarray
                 if not inword:
                     h = start
                     inword = True
-                for j in range(k):
-                    h = (h ^ np.uint64(data[i + j])) * FNV_PRIME
+                if k == 1:
+                    c = data[i]
+                    if fold_ascii and c >= 65 and c <= 90:
+                        c += 32
+                    h = (h ^ np.uint64(c)) * FNV_PRIME
+                else:
+                    for j in range(k):
+                        h = (h ^ np.uint64(data[i + j])) * FNV_PRIME
             i += k
         if inword:
             out[m] = _mix64(h)

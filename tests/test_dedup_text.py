@@ -75,7 +75,8 @@ def test_compiled_word_split_equals_the_regex_split_on_real_data(real_texts: lis
     """Every real file (up to 4,000 rows each): the kernel's words per row equal normalize_text's
     words, and (on a sample) its hashes equal FNV-1a of each word's UTF-8 bytes written out in Python."""
     texts = pl.concat([t.head(4000) for t in real_texts])
-    odd = pl.Series(["", "   ", "ﬁne Ｆｉｎｅ café\u0301", "x\u00a0y\u2014z", "中文，標點。 emoji😀ok", "A.B,C", None])
+    odd = pl.Series(["", "   ", "ﬁne Ｆｉｎｅ café\u0301", "x\u00a0y\u2014z", "中文，標點。 emoji😀ok", "A.B,C",
+                     "MiXeD CASE Straße ÀÉÎ İstanbul ΣΊΣΥΦΟΣ", "ALL ASCII CAPS, Then Lower", None])
     texts = pl.concat([texts, odd.fill_null("")])
     wh, lens = word_hashes(texts)
     words = normalize_text(texts).str.split(" ").list.eval(pl.element().filter(pl.element() != ""))

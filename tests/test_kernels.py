@@ -99,6 +99,18 @@ def test_minhash_slot_agreement_estimates_jaccard() -> None:
     assert 0.75 < z.std() < 1.25
 
 
+def test_minhash_slots_are_a_prefix_of_the_full_signature() -> None:
+    """Computing only the slots LSH uses (``slots=bands*rows``) gives the full signature's first slots."""
+    rng = np.random.default_rng(5)
+    lens = rng.integers(0, 40, 50)
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    flat = rng.integers(0, 2**64 - 1, int(lens.sum()), dtype=np.uint64)
+    full = minhash_signatures(flat, off, 128, seed=3)
+    part = minhash_signatures(flat, off, 128, seed=3, slots=120)
+    assert part.shape == (50, 120)
+    assert np.array_equal(part, full[:, :120])
+
+
 def test_pair_jaccard_treats_lists_as_sets() -> None:
     rng = np.random.default_rng(3)
     lists = [rng.integers(0, 60, rng.integers(0, 90)).astype(np.uint32) for _ in range(120)]

@@ -102,9 +102,15 @@ def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np
     """
     from pipeline._kernels import FNV_OFFSET, utf8_word_hashes
 
-    buf, off = utf8_buffer(_folded(texts))
+    # ASCII text is NFKC-stable and lower-cases byte by byte, which the kernel does as it hashes:
+    # only the (usually few) rows holding another character go through Polars' NFKC and lower-casing
+    texts = texts.fill_null("")
+    wide = _non_ascii(texts)
+    if len(wide):
+        texts = texts.scatter(wide, _folded(texts.gather(wide)))
+    buf, off = utf8_buffer(texts)
     start = FNV_OFFSET ^ mix64(np.array([seed], dtype=np.uint64))[0]
-    return utf8_word_hashes(buf, off, _separator_bits(), start)
+    return utf8_word_hashes(buf, off, _separator_bits(), start, True)
 
 
 def _large_array(s: pl.Series, typ: pa.DataType) -> pa.Array:
@@ -190,7 +196,8 @@ def shingles_from_words(wh: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.nd
     return ngram_shingles(np.ascontiguousarray(wh, dtype=np.uint64), np.ascontiguousarray(lens, dtype=np.int64), int(n))
 
 
-def minhash_signatures(flat: np.ndarray, off: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+def minhash_signatures(flat: np.ndarray, off: np.ndarray, num_perm: int, seed: int,
+                       slots: int | None = None) -> np.ndarray:
     """MinHash signatures (Broder 1997) of each row's shingle set: ``uint32 (rows, num_perm)``.
 
     Slot ``j`` is the minimum over the row's shingle hashes ``x`` of the multiply-add-shift hash
@@ -199,13 +206,16 @@ def minhash_signatures(flat: np.ndarray, off: np.ndarray, num_perm: int, seed: i
     per slot, so each slot of two signatures agrees with probability ~ their Jaccard similarity.
     ``a_j, b_j`` come from splitmix64 of ``seed`` and ``j``, so signatures depend on nothing but
     the inputs. Computed by a compiled loop (:func:`pipeline._kernels.minhash_matrix`).
-    Rows without shingles get the all-ones signature; callers exclude them.
+    Rows without shingles get the all-ones signature; callers exclude them. ``slots``: compute only
+    the first ``slots`` values of each signature (the ones LSH bands use when ``bands * rows <
+    num_perm``); they equal those of the full signature.
     """
     from pipeline._kernels import minhash_matrix
 
+    slots = num_perm if slots is None else min(int(slots), num_perm)
     if len(off) <= 1:
-        return np.zeros((0, num_perm), np.uint32)
-    a, b = minhash_params(num_perm, seed)
+        return np.zeros((0, slots), np.uint32)
+    a, b = (v[:slots].copy() for v in minhash_params(num_perm, seed))
     return minhash_matrix(np.ascontiguousarray(flat, dtype=np.uint64), np.ascontiguousarray(off, dtype=np.int64), a, b)
 
 

@@ -48,10 +48,15 @@ class KeeperParams(StageParams):
 # ---------------------------------------------------------------- keeper policy
 
 
-def response_chars(df: pl.DataFrame) -> pl.DataFrame:
-    """Add the scratch response length the 'longest' keeper needs, unless the length stage ran."""
+def response_chars(df: pl.DataFrame, response: pl.Series | None = None) -> pl.DataFrame:
+    """Add the scratch response length the 'longest' keeper needs, unless the length stage ran.
+
+    ``response``: the rows' response text (``text_expr("response")``) when the caller already has it,
+    so it is not rebuilt from the messages."""
     if RESPONSE_CHARS in df.columns:
         return df
+    if response is not None:
+        return df.with_columns(response.str.len_chars().cast(pl.Int64).alias(SCRATCH_RESPONSE_CHARS))
     return df.with_columns(text_expr("response").str.len_chars().cast(pl.Int64).alias(SCRATCH_RESPONSE_CHARS))
 
 

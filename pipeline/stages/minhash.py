@@ -98,12 +98,12 @@ from pipeline.dedup import (
     resolve_duplicates,
     response_chars,
     shingle_hashes,
-    text_series,
     write_dup_columns,
 )
 from pipeline.schema import with_decision
 from pipeline.stages.base import Col, Resources, cols, to_polars
 from pipeline.stages.functions import stage_function
+from pipeline.text import text_expr
 
 BANDS = "_minhash_bands"
 SHINGLES = "_minhash_shingles"
@@ -202,14 +202,22 @@ class MinHashDedup(DedupStage):
     # ------------------------------------------------------------ per shard
     def _hashes(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.Series]:
         """Shingle hashes of ``df``'s key text ``(flat, offsets)`` and its band-key column."""
+        flat, off, bands, _ = self._hashes_text(df)
+        return flat, off, bands
+
+    def _hashes_text(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.Series, pl.DataFrame]:
+        """:meth:`_hashes`, and ``df`` with the keeper's response length (from the key text when
+        the key is the response, so the response is built once)."""
         p = self.params
         b, r = p.lsh()
-        flat, off = shingle_hashes(text_series(df, p.key, normalize=False), p.ngram)
-        keys = band_keys(minhash_signatures(flat, off, p.num_perm, p.seed), b, r)
+        text = df.select(text_expr(p.key).alias("_t"))["_t"]
+        scored = response_chars(df, text if p.key == "response" else None)
+        flat, off = shingle_hashes(text.fill_null(""), p.ngram)
+        keys = band_keys(minhash_signatures(flat, off, p.num_perm, p.seed, slots=b * r), b, r)
         has = np.diff(off) > 0
         bands = pl.Series(BANDS, keys).cast(pl.List(pl.UInt64))
         bands = pl.select(pl.when(pl.Series(has)).then(pl.lit(bands)).otherwise(None)).to_series().alias(BANDS)
-        return flat, off, bands
+        return flat, off, bands, scored
 
     @staticmethod
     def _shingle_lists(flat: np.ndarray, off: np.ndarray) -> pl.Series:
@@ -219,13 +227,11 @@ class MinHashDedup(DedupStage):
         return pl.Series(SHINGLES, lists).cast(pl.List(pl.UInt32))
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
-        flat, off, bands = self._hashes(df)
-        out = df.with_columns(bands)
+        flat, off, bands, out = self._hashes_text(df)
+        out = out.with_columns(bands)
         if self.params.verify:
-            out = out.with_columns(self._shingle_lists(flat, off))
-        else:
-            out = out.with_columns(pl.lit(None, dtype=pl.List(pl.UInt32)).alias(SHINGLES))
-        return response_chars(out)
+            return out.with_columns(self._shingle_lists(flat, off))
+        return out.with_columns(pl.lit(None, dtype=pl.List(pl.UInt32)).alias(SHINGLES))
 
     def __call__(self, table: Any, ctx: Any = None) -> pl.DataFrame:
         """The whole stage on one in-memory table, in bounded memory.
@@ -240,9 +246,18 @@ class MinHashDedup(DedupStage):
         df = with_decision(to_polars(table))
         if not self._ready or ctx is not None:
             self.setup(ctx)
-        parts = [self._hashes(df.slice(lo, IN_MEMORY_ROWS))[2] for lo in range(0, df.height, IN_MEMORY_ROWS)]
-        bands = pl.concat(parts) if parts else pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))
-        scored = response_chars(df.with_columns(bands))
+        # slices on threads, one per core (the hashing kernels and Polars release the GIL): memory
+        # holds one slice's hashes per thread
+        with ThreadPoolExecutor(max_workers=self._workers()) as ex:
+            parts = list(ex.map(lambda lo: self._hashes_text(df.slice(lo, IN_MEMORY_ROWS))[2:],
+                                range(0, df.height, IN_MEMORY_ROWS)))
+        if parts:
+            # only the added columns are concatenated, not copies of the table's slices
+            added = [c for c in parts[0][1].columns if c not in df.columns]
+            scored = df.with_columns(pl.concat([b for b, _ in parts]),
+                                     *[pl.concat([f[c] for _, f in parts]) for c in added])
+        else:
+            scored = response_chars(df.with_columns(pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))))
         self._text_frame = scored if self.params.verify else None
         return self.decide(self.score_global(scored))
 
@@ -255,6 +270,10 @@ class MinHashDedup(DedupStage):
                 out.append(self._shingle_lists(flat, off))
             return pl.concat(out) if out else pl.Series(SHINGLES, [], dtype=pl.List(pl.UInt32))
         return super().global_column(df, name, rows)
+
+    def _workers(self) -> int:
+        """Threads for this stage's own parallel loops: its declared CPUs, at most the machine's."""
+        return max(1, min(int(self.resources.cpus), os.cpu_count() or 1))
 
     # ------------------------------------------------------------ over the pool
     def score_global(self, df: pl.DataFrame) -> pl.DataFrame:
@@ -273,7 +292,7 @@ class MinHashDedup(DedupStage):
         keys = bands.explode().to_numpy().astype(np.uint64, copy=False).reshape(n, b) if n else np.zeros((0, b), np.uint64)
         del bands
 
-        workers = max(1, min(int(self.resources.cpus), os.cpu_count() or 1))
+        workers = self._workers()
 
         def shingles(nodes: Any) -> pl.Series:
             return self.global_column(df, SHINGLES, idx[np.asarray(nodes, dtype=np.int64)])
