@@ -83,6 +83,10 @@ def _figure(nrows: int = 1, ncols: int = 1, width: float = 9.0, height: float = 
     return fig, axes
 
 
+#: rows per group whose words :func:`plot_lengths` counts when the run has no length stage
+LENGTH_SAMPLE = 20_000
+
+
 def _missing(name: str, title: str, why: str) -> Chart:
     return Chart(name=name, title=title, missing=why)
 
@@ -163,7 +167,10 @@ def _hist_panel(ax: Any, series: dict[str, np.ndarray], colors: dict[str, str], 
         _log_ticks(ax, float(allv.max()))
 
 
-def _hist_grid(df: pl.DataFrame, cols: Sequence[tuple[str, str]], title: str, name: str, ncols: int = 3) -> Chart:
+def _hist_grid(df: pl.DataFrame, cols: Sequence[tuple[str, str]], title: str, name: str, ncols: int = 3,
+               counts: dict[str, int] | None = None) -> Chart:
+    """Histograms of ``cols`` per group; ``counts``: the groups' row counts for the legend when
+    ``df`` is a sample of them."""
     groups = [g for g in GROUPS if g in set(df["group"].unique().to_list())]
     nrows = -(-len(cols) // ncols)
     ncols_eff = min(ncols, len(cols))
@@ -180,7 +187,7 @@ def _hist_grid(df: pl.DataFrame, cols: Sequence[tuple[str, str]], title: str, na
         ax.set_visible(False)
     from matplotlib.patches import Patch
 
-    counts = dict(df.group_by("group").len().iter_rows())
+    counts = counts if counts is not None else dict(df.group_by("group").len().iter_rows())
     handles = [Patch(color=COLORS[g], alpha=0.6, label=f"{GROUP_LABELS[g]} ({counts.get(g, 0):,})") for g in groups]
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
     return Chart(name, title, fig, caption="histograms normalised per group (area 1), so groups of different sizes "
@@ -331,12 +338,20 @@ def plot_lengths(run: Run | str | Path) -> Chart:
         return _missing("lengths", title, "the run has no shards")
     present = [(c, lab) for c, lab in LENGTH_PLOTS if run.has(c)]
     caption = "lengths from the length stage"
+    counts = None
     if present:
         df = run.frame([c for c, _ in present])
     else:
         from pipeline.text import WORD_TOKEN_PATTERN, text_expr
 
-        df = run.shards.select(
+        # tokenising every row's text is most of a large run's report time (1.6 s of 300k long
+        # documents); a histogram needs a sample: every row of a group up to LENGTH_SAMPLE, else a
+        # seeded uniform sample of that many (the legend keeps the groups' true counts)
+        groups = run.shards.select(run.group_expr()).collect()
+        counts = dict(groups.group_by("group").len().iter_rows())
+        pick = groups.with_row_index("_i").filter(
+            pl.int_range(pl.len()).shuffle(seed=0).over("group") < LENGTH_SAMPLE)["_i"]
+        df = run.shards.with_row_index("_i").filter(pl.col("_i").is_in(pick.implode())).select(
             text_expr("response").str.count_matches(WORD_TOKEN_PATTERN).cast(pl.Int64).alias("len_response_tokens"),
             text_expr("instruction").str.count_matches(WORD_TOKEN_PATTERN).cast(pl.Int64).alias("len_instruction_tokens"),
             pl.col("messages").list.eval(pl.element().struct.field("role") == "assistant").list.sum()
@@ -344,8 +359,10 @@ def plot_lengths(run: Run | str | Path) -> Chart:
             run.group_expr(),
         ).collect()
         present = list(LENGTH_PLOTS)
-        caption = "the run has no length stage: word counts computed from the messages"
-    ch = _hist_grid(df, present, title, "lengths", ncols=3)
+        sampled = any(v > LENGTH_SAMPLE for v in counts.values())
+        caption = ("the run has no length stage: word counts computed from the messages"
+                   + (f" of a uniform sample of at most {LENGTH_SAMPLE:,} rows per group" if sampled else ""))
+    ch = _hist_grid(df, present, title, "lengths", ncols=3, counts=counts)
     ch.caption = caption + "; " + ch.caption
     return ch
 

@@ -115,6 +115,29 @@ def test_lengths_without_length_stage_fall_back_to_messages(request: pytest.Fixt
     assert R.plot_lengths(run).png is not None
 
 
+def test_lengths_fallback_counts_words_of_a_sample_but_shows_true_group_sizes(
+        report_dirs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run without the length stage: the chart tokenises at most LENGTH_SAMPLE rows per group,
+    says so, and its legend carries every group's row count from the shards."""
+    from pipeline.config import load_config
+    from pipeline.engine import run as run_pipeline
+    from pipeline.inspect import charts
+
+    cfg = load_config({"run": {"name": "nolen"},
+                       "sources": [s for s in report_dirs["sources"] if s["name"] == "gsm8k_train"],
+                       "stages": [{"stage": "exact_dedup", "key": "instruction"}]})
+    run = R.load_run(run_pipeline(cfg, out=report_dirs["root"] / "runs", run_id="nolen").run_dir)
+    groups = shards(run.path)["keep"].value_counts()
+    kept = int(groups.filter(pl.col("keep"))["count"].sum())
+    monkeypatch.setattr(charts, "LENGTH_SAMPLE", 25)
+    ch = R.plot_lengths(run)
+    assert ch.png is not None and "sample of at most 25 rows per group" in ch.caption
+    labels = [t.get_text() for t in ch.fig.legends[0].get_texts()]
+    assert any(f"({kept:,})" in lab for lab in labels), labels
+    monkeypatch.setattr(charts, "LENGTH_SAMPLE", 10**9)
+    assert "sample" not in R.plot_lengths(run).caption
+
+
 def test_embedding_map_uses_stored_vectors(full_run: Path) -> None:
     run = R.load_run(full_run)
     if not run.embedding_dirs():
