@@ -43,6 +43,24 @@ def hash_probe(minhash: bool = False) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+def warm_up() -> None:
+    """Load the compiled loops of :mod:`pipeline._kernels` with the argument types the stages pass
+    (numba's start-up and on-disk cache load, ~0.7 s per process), so a runner can do it on a thread
+    while it ingests. Never raises: a failure here shows again, with its cause, where the loop is used."""
+    try:
+        from pipeline._kernels import distinct_per_row, pair_jaccard
+
+        texts = pl.Series(["Warm up the kernels, once", "naïve café"])
+        flat, off = shingle_hashes(texts, 2)
+        band_keys(minhash_signatures(flat, off, 8, 1), 2, 4)
+        normalized_equal(texts, texts)
+        distinct_per_row(flat, off)
+        va, oa = list_buffer(pl.Series([[1, 2], [2, 3]], dtype=pl.List(pl.UInt32)))
+        pair_jaccard(va, oa, np.array([0]), va, oa, np.array([1]))
+    except Exception:  # noqa: BLE001, S110 - warming is an optimisation only
+        pass
+
+
 def normalize_text(s: pl.Series) -> pl.Series:
     """:func:`pipeline.text.normalize_expr` on a Series, same output, about 3x faster.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -295,6 +296,12 @@ def _batch(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, manif
     plan = build_plan(stages, make_context(cfg, run_dir, cache_dir=layout.sidecars), store.root)
     ex.log(f"run {layout.run_id}: {len(cfg.sources)} source(s), {len(stages)} stage(s), work store {store.root}")
     t0 = time.perf_counter()
+    if any(s.compiled_kernels for s in stages):
+        # numba loads its compiled loops (~0.7 s) while ingest reads; a stage that calls one first
+        # waits on numba's own lock, so nothing depends on this finishing
+        from pipeline.dedup.hashing import warm_up
+
+        threading.Thread(target=warm_up, name="warm-kernels", daemon=True).start()
     specs = source_specs(cfg)
     prefixes = [f"part-{i:03d}-" for i in range(len(specs))]
     refs = ingest_all(ex, cfg, store, specs, prefixes)

@@ -16,6 +16,7 @@ from pipeline.config import Config
 from pipeline.engine.chains import ShardChain
 from pipeline.engine.keys import STORE_VERSION, hkey, package_version
 from pipeline.engine.store import WorkStore
+from pipeline.io.ahead import read_ahead
 from pipeline.io.fingerprint import file_fingerprint
 from pipeline.io.readers import Batch, SourceSpec, read_source
 from pipeline.io.shards import ShardWriter
@@ -34,7 +35,7 @@ def ingest_source(spec: SourceSpec, out_dir: Path, rejects_dir: Path, shard_rows
     read = rejected = 0
     fmt = None
     t0 = time.perf_counter()
-    for batch in read_source(spec, batch_rows):
+    for batch in read_ahead(read_source(spec, batch_rows)):
         if spec.limit is not None or spec.sample is not None:
             batch, done = _slice(batch, spec)
             if done:

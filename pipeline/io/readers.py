@@ -39,6 +39,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.io import arrow_map
+from pipeline.io.ahead import read_ahead
 from pipeline.io.containers import (
     SourceError,
     SourceSpec,
@@ -297,7 +298,8 @@ def read_source(spec: SourceSpec, batch_rows: int = 10_000) -> Iterator[Batch]:
     if container in ("parquet", "csv", "tsv") and not os.path.exists(spec.path):
         raise SourceError(f"{spec.path}: no such file")
     if container == "parquet":
-        yield from _read_arrow_batches(spec, _parquet_batches(_open_parquet(spec.path), batch_rows), fmt)
+        # decoding runs a batch ahead of the mapping (both release the GIL)
+        yield from _read_arrow_batches(spec, read_ahead(_parquet_batches(_open_parquet(spec.path), batch_rows)), fmt)
         return
     if container in ("csv", "tsv"):
         yield from _read_arrow_batches(spec, _plain(_csv_batches(spec, container, batch_rows)), fmt)

@@ -163,6 +163,9 @@ class Stage:
     #: :meth:`global_column`, which the runner serves from the shard files one shard at a time
     global_lazy_inputs: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
+    #: the stage calls the compiled loops of :mod:`pipeline._kernels`: the runner loads them on a
+    #: thread while it ingests (numba's start-up and cache load take ~0.7 s per process)
+    compiled_kernels: ClassVar[bool] = False
     version: ClassVar[str] = "1"  # bump when the stage computes something different for the same params
     #: first field of this stage's drop reasons (``minhash`` in ``minhash:dup``); set to ``name``
     #: when a class names itself without declaring one

@@ -102,6 +102,8 @@ def item_id_expr(columns: list[str]) -> pl.Expr:
 class Decontaminate(Stage):
     """Flag and drop rows that share a word n-gram (or, optionally, an embedding) with a benchmark item."""
 
+    compiled_kernels = True
+
     name = "decontaminate"
     reason_prefix = "decontam"
     Params = DecontamParams

@@ -52,6 +52,8 @@ class ExactParams(KeeperParams):
 class ExactDedup(DedupStage):
     """Exact duplicates of a normalised key (instruction, response or whole conversation)."""
 
+    compiled_kernels = True
+
     name = "exact_dedup"
     kind = "exact"
     reason_prefix = "exact"

@@ -87,6 +87,7 @@ class Heuristics(Stage):
     Params = HeuristicsParams
     version = "2"  # 2: heur_code_like; the symbol-ratio rule skips code-like responses
     requires_columns = ("messages",)
+    compiled_kernels = True
     columns = {
         "heur_empty_response": Col(pl.Boolean, "flag"),
         "heur_response_eq_instruction": Col(pl.Boolean, "flag"),

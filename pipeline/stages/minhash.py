@@ -12,8 +12,9 @@ Over the pool (:meth:`MinHashDedup.score_global`): rows sharing a bucket in any 
 pairs (band by band, Polars finds the keys seen more than once and links each bucket's members to
 its member the keeper policy ranks first: a star rather than a clique), candidates are optionally
 checked against the exact Jaccard similarity of their shingle sets (``verify``, default on; only
-candidate rows' shingle lists are read, each once, through the runner from the shard files rather
-than gathered for the pool), and the surviving pairs decide who is dropped (``minhash:dup``):
+candidate rows' messages are read, each once, through the runner from the shard files, and hashed
+again: no shingle list is stored per shard), and the surviving pairs decide who is dropped
+(``minhash:dup``):
 
 * ``linkage: keeper`` (default): rows are taken in keeper order (:class:`pipeline.dedup.KeeperParams`)
   and a row is dropped only when it is a near-duplicate of a row that is kept
@@ -38,10 +39,11 @@ near-duplicate group; a row alone is its own group), ``minhash_component_size`` 
 of this run in that group, ``minhash_jaccard`` the highest verified Jaccard similarity of the row to
 another row of its group (null when it has none or ``verify`` is off).
 
-Memory: the engine scores shard by shard and reads back only candidate rows' shingle lists; a call
-on an in-memory table (:func:`minhash_dedup`) hashes the table in slices of
-:data:`IN_MEMORY_ROWS` rows, keeps only the band keys, and recomputes candidate rows' shingles
-from their text, so it holds the table plus ~100 bytes a row rather than every row's shingles.
+Memory: the engine scores shard by shard, keeping only band keys, and reads back only candidate
+rows' messages; a call on an in-memory table (:func:`minhash_dedup`) hashes the table in slices of
+:data:`IN_MEMORY_ROWS` rows (on all cores), keeps only the band keys, and recomputes candidate
+rows' shingles from their text, so it holds the table plus ~100 bytes a row rather than every
+row's shingles.
 
 Behaviour on templated data (tested on T0, ``t0_templated_50k``, at the defaults): rows that render
 one source example through different templates of its dataset are near-duplicates when the example
@@ -164,6 +166,8 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
 class MinHashDedup(DedupStage):
     """Near-duplicates by MinHash-LSH over word n-gram shingles."""
 
+    compiled_kernels = True
+
     name = "minhash_dedup"
     kind = "minhash"
     reason_prefix = "minhash"
@@ -174,25 +178,26 @@ class MinHashDedup(DedupStage):
         "minhash_jaccard": Col(pl.Float32, "score", "global"),
         **cols(DUP_COLUMNS, "internal", "global"),
         BANDS: Col(pl.List(pl.UInt64), "internal", "row"),
-        SHINGLES: Col(pl.List(pl.UInt32), "internal", "row"),
         **DEDUP_SCRATCH,
     }
     resources = Resources(cpus=2.0, memory_gb=4.0)
-    dedup_inputs = (BANDS, SHINGLES)
-    # only candidate pairs' shingle lists are read (a shard at a time), not the pool's
-    global_lazy_inputs = (SHINGLES,)
+    # 2: shingle lists are no longer written per shard; verify recomputes candidates' from their text
+    version = "2"
+    dedup_inputs = (BANDS,)
+    # verify needs candidate rows' shingles: their messages are read (a shard at a time) and hashed
+    # again, rather than every row's shingle list written per shard and read back (measured on 300k
+    # long documents: ~140 MB of uint32 lists written and decoded per run for ~5% of rows used)
+    global_lazy_inputs = ("messages",)
     state_params = ("key", "ngram", "num_perm", "threshold", "bands", "rows", "verify", "seed")
     state_tables = ("buckets", "pivots")
     minhash_probe = True
     _next_pref: int | None = None
     _pending: tuple | None = None
-    _text_frame: pl.DataFrame | None = None  # an in-memory call's table: shingles are recomputed from it
 
     def setup(self, ctx: Any = None) -> None:
         super().setup(ctx)
         self._next_pref = None
         self._pending = None
-        self._text_frame = None
 
     def state_key(self) -> dict[str, Any]:
         key = super().state_key()
@@ -200,14 +205,10 @@ class MinHashDedup(DedupStage):
         return key
 
     # ------------------------------------------------------------ per shard
-    def _hashes(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.Series]:
-        """Shingle hashes of ``df``'s key text ``(flat, offsets)`` and its band-key column."""
-        flat, off, bands, _ = self._hashes_text(df)
-        return flat, off, bands
-
     def _hashes_text(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.Series, pl.DataFrame]:
-        """:meth:`_hashes`, and ``df`` with the keeper's response length (from the key text when
-        the key is the response, so the response is built once)."""
+        """Shingle hashes of ``df``'s key text ``(flat, offsets)``, its band-key column, and ``df``
+        with the keeper's response length (from the key text when the key is the response, so the
+        response is built once)."""
         p = self.params
         b, r = p.lsh()
         text = df.select(text_expr(p.key).alias("_t"))["_t"]
@@ -227,11 +228,8 @@ class MinHashDedup(DedupStage):
         return pl.Series(SHINGLES, lists).cast(pl.List(pl.UInt32))
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
-        flat, off, bands, out = self._hashes_text(df)
-        out = out.with_columns(bands)
-        if self.params.verify:
-            return out.with_columns(self._shingle_lists(flat, off))
-        return out.with_columns(pl.lit(None, dtype=pl.List(pl.UInt32)).alias(SHINGLES))
+        _, _, bands, out = self._hashes_text(df)
+        return out.with_columns(bands)
 
     def __call__(self, table: Any, ctx: Any = None) -> pl.DataFrame:
         """The whole stage on one in-memory table, in bounded memory.
@@ -258,18 +256,26 @@ class MinHashDedup(DedupStage):
                                      *[pl.concat([f[c] for _, f in parts]) for c in added])
         else:
             scored = response_chars(df.with_columns(pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))))
-        self._text_frame = scored if self.params.verify else None
         return self.decide(self.score_global(scored))
 
+    def global_inputs(self) -> tuple[str, ...]:
+        # verify hashes candidate rows' text again (read lazily, :attr:`global_lazy_inputs`)
+        return (*super().global_inputs(), "messages") if self.params.verify else super().global_inputs()
+
     def global_column(self, df: pl.DataFrame, name: str, rows: np.ndarray) -> pl.Series:
-        if name == SHINGLES and name not in df.columns and self._text_frame is not None:
-            rows = np.asarray(rows, dtype=np.int64)
-            out = []
-            for lo in range(0, len(rows), IN_MEMORY_ROWS):
-                flat, off, _ = self._hashes(self._text_frame[rows[lo:lo + IN_MEMORY_ROWS]])
-                out.append(self._shingle_lists(flat, off))
-            return pl.concat(out) if out else pl.Series(SHINGLES, [], dtype=pl.List(pl.UInt32))
-        return super().global_column(df, name, rows)
+        """The shingle lists (``SHINGLES``) of ``rows``, hashed again from their messages (from ``df``
+        on an in-memory table, else through the run's column reader); other columns as the base class."""
+        if name != SHINGLES:
+            return super().global_column(df, name, rows)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = []
+        for lo in range(0, len(rows), IN_MEMORY_ROWS):
+            part = rows[lo:lo + IN_MEMORY_ROWS]
+            msgs = super().global_column(df, "messages", part)
+            flat, off = shingle_hashes(pl.DataFrame([msgs]).select(text_expr(self.params.key))[:, 0].fill_null(""),
+                                       self.params.ngram)
+            out.append(self._shingle_lists(flat, off))
+        return pl.concat(out) if out else pl.Series(SHINGLES, [], dtype=pl.List(pl.UInt32))
 
     def _workers(self) -> int:
         """Threads for this stage's own parallel loops: its declared CPUs, at most the machine's."""

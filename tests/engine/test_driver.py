@@ -202,9 +202,10 @@ def test_in_memory_chain_frames_give_the_same_bytes_as_reading_the_files(tmp_pat
             assert (a / sub / n).read_bytes() == (b / sub / n).read_bytes(), f"{sub}/{n}"
 
 
-def test_minhash_reads_only_candidate_shingles_from_the_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The runner leaves MinHash's shingle lists out of the gathered pool and reads only the rows in
-    shared buckets from the shard files; the decisions equal the stage run on the whole table."""
+def test_minhash_reads_only_candidate_messages_from_the_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner leaves the text out of MinHash's gathered pool (no shingle list is stored per shard)
+    and reads only the messages of rows in shared buckets from the shard files, to hash them again;
+    the decisions equal the stage run on the whole table."""
     runner = chains_mod
     from pipeline.engine import steps as steps_mod
     from pipeline.stages.minhash import SHINGLES, MinHashDedup
@@ -223,8 +224,9 @@ def test_minhash_reads_only_candidate_shingles_from_the_shards(tmp_path: Path, m
     monkeypatch.setattr(steps_mod, "gather_chains", lambda chains, cols: gathered.append(cols) or gather(chains, cols))
     res = run(cfg, run_id="lazy")
     out = pl.read_parquet(res.run_dir / "shards" / "*.parquet").sort(["source", "source_row"])
-    assert gathered and all(SHINGLES not in cols for cols in gathered)
-    n_asked = sum(n for name, n in asked if name == SHINGLES)
+    assert gathered and all(SHINGLES not in cols and "messages" not in cols for cols in gathered)
+    assert not any(SHINGLES in pl.read_parquet_schema(p) for p in tmp_path.rglob("*.parquet"))
+    n_asked = sum(n for name, n in asked if name == "messages")
     assert 0 < n_asked < out.height / 2  # candidates only, each read once, not the pool
     whole = MinHashDedup()(out.select("id", "source", "source_row", "messages", "tools"))
     cols = ["id", "keep", "drop_reason", "dup_of", "minhash_component", "minhash_jaccard"]
