@@ -211,6 +211,11 @@ class Stage:
         """Row-local scores for one shard. Default: nothing."""
         return df
 
+    def score_table(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Row-local scores of a whole in-memory table (a call from Python, :meth:`__call__`). Default:
+        :meth:`score`; a stage overrides it to score a large table in slices or on threads."""
+        return self.score(df)
+
     def score_global(self, df: pl.DataFrame) -> pl.DataFrame:
         """Scores that need the whole pool; same rows, same order, columns added. Default: nothing."""
         return df
@@ -325,7 +330,7 @@ class Stage:
         with column_hints(self.name, df):
             if not self._ready or ctx is not None:
                 self.setup(ctx)
-            df = self.score(df)
+            df = self.score_table(df)
             if self.scope == "global":
                 df = self.score_global(df)
             out = self.decide(df)

@@ -102,8 +102,7 @@ from pipeline.dedup import (
     shingle_hashes,
     write_dup_columns,
 )
-from pipeline.schema import with_decision
-from pipeline.stages.base import Col, Resources, cols, to_polars
+from pipeline.stages.base import Col, Resources, cols
 from pipeline.stages.functions import stage_function
 from pipeline.text import text_expr
 
@@ -231,32 +230,24 @@ class MinHashDedup(DedupStage):
         _, _, bands, out = self._hashes_text(df)
         return out.with_columns(bands)
 
-    def __call__(self, table: Any, ctx: Any = None) -> pl.DataFrame:
-        """The whole stage on one in-memory table, in bounded memory.
+    def score_table(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Row scores of a whole in-memory table (:meth:`Stage.__call__`), in bounded memory.
 
-        The engine scores shard by shard and reads candidate rows' shingle lists back from the
-        shard files; here the table is scored in slices of :data:`IN_MEMORY_ROWS` rows keeping only
-        the band keys (80 bytes a row at 10 bands), and the global step recomputes the shingle lists
-        of candidate rows from their text, so memory is the table plus the band keys plus one
-        slice's hashes (~20 bytes per word), not every row's shingles (4-8 bytes per word, several
-        copies of them while scoring one frame).
+        The engine scores shard by shard; here the table is scored in slices of
+        :data:`IN_MEMORY_ROWS` rows on threads keeping only the band keys (80 bytes a row at 10
+        bands), and the global step recomputes the shingle lists of candidate rows from their text,
+        so memory is the table plus the band keys plus one slice's hashes per thread (~20 bytes per
+        word), not every row's shingles (4-8 bytes per word, several copies while scoring a frame).
         """
-        df = with_decision(to_polars(table))
-        if not self._ready or ctx is not None:
-            self.setup(ctx)
-        # slices on threads, one per core (the hashing kernels and Polars release the GIL): memory
-        # holds one slice's hashes per thread
+        # slices on threads, one per core (the hashing kernels and Polars release the GIL)
         with ThreadPoolExecutor(max_workers=self._workers()) as ex:
             parts = list(ex.map(lambda lo: self._hashes_text(df.slice(lo, IN_MEMORY_ROWS))[2:],
                                 range(0, df.height, IN_MEMORY_ROWS)))
-        if parts:
-            # only the added columns are concatenated, not copies of the table's slices
-            added = [c for c in parts[0][1].columns if c not in df.columns]
-            scored = df.with_columns(pl.concat([b for b, _ in parts]),
-                                     *[pl.concat([f[c] for _, f in parts]) for c in added])
-        else:
-            scored = response_chars(df.with_columns(pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))))
-        return self.decide(self.score_global(scored))
+        if not parts:
+            return response_chars(df.with_columns(pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))))
+        # only the added columns are concatenated, not copies of the table's slices
+        added = [c for c in parts[0][1].columns if c not in df.columns]
+        return df.with_columns(pl.concat([b for b, _ in parts]), *[pl.concat([f[c] for _, f in parts]) for c in added])
 
     def global_inputs(self) -> tuple[str, ...]:
         # verify hashes candidate rows' text again (read lazily, :attr:`global_lazy_inputs`)

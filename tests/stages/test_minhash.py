@@ -236,3 +236,17 @@ def test_in_memory_call_equals_scoring_the_whole_frame(t0_sub: pl.DataFrame, mon
     assert t0_sub.height > 3 * 997 and whole["keep"].sum() < t0_sub.height
     for c in ("keep", "dup_of", "minhash_component", "minhash_jaccard"):
         assert whole[c].equals(sliced[c]), c
+
+
+def test_python_call_follows_the_stage_contract(t0_sub: pl.DataFrame) -> None:
+    """Like every stage's function form: a pandas table comes back as pandas with the same decisions,
+    and a table that is not canonical fails with the hint naming the missing column."""
+    from pipeline.frames import MissingColumnError
+
+    sub = t0_sub.head(3000)
+    pdf = sub.to_pandas()
+    out = minhash_dedup(pdf)
+    assert type(out) is type(pdf) and len(out) == sub.height
+    assert out["keep"].tolist() == minhash_dedup(sub)["keep"].to_list()
+    with pytest.raises(MissingColumnError, match="'source'.*canonicalize"):
+        minhash_dedup(sub.drop("source"))
