@@ -186,6 +186,15 @@ def _resources(plan: Plan, indices: list[int]) -> Any:
 # ---------------------------------------------------------------- the sequence
 
 
+def warm_up() -> None:
+    """Load numba's compiled loops (~0.7 s per process) on a daemon thread while ingest runs: the
+    first shards of a stage that calls them would otherwise all wait on numba's lock for the load.
+    Nothing depends on it finishing, and a failure only loses the head start."""
+    from pipeline.dedup.hashing import warm_up as warm_kernels
+
+    threading.Thread(target=warm_kernels, name="warm-kernels", daemon=True).start()
+
+
 def ingest_all(ex: Executor, cfg: Config, store: WorkStore, specs: list[SourceSpec],
                prefixes: list[str]) -> list[IngestRef]:
     fn = functools.partial(_ingest, store_root=str(store.root), shard_rows=cfg.run.shard_rows,
@@ -296,12 +305,6 @@ def _batch(ex: Executor, cfg: Config, layout: RunLayout, store: WorkStore, manif
     plan = build_plan(stages, make_context(cfg, run_dir, cache_dir=layout.sidecars), store.root)
     ex.log(f"run {layout.run_id}: {len(cfg.sources)} source(s), {len(stages)} stage(s), work store {store.root}")
     t0 = time.perf_counter()
-    if any(s.compiled_kernels for s in stages):
-        # numba loads its compiled loops (~0.7 s) while ingest reads; a stage that calls one first
-        # waits on numba's own lock, so nothing depends on this finishing
-        from pipeline.dedup.hashing import warm_up
-
-        threading.Thread(target=warm_up, name="warm-kernels", daemon=True).start()
     specs = source_specs(cfg)
     prefixes = [f"part-{i:03d}-" for i in range(len(specs))]
     refs = ingest_all(ex, cfg, store, specs, prefixes)
@@ -363,6 +366,10 @@ def execute(cfg: Config, ex: Executor, out: str | Path | None = None, run_id: st
         manifest = start_manifest(cfg, layout.run_id, layout.run_dir, ex.name)
         sink = getattr(ex, "progress_sink", contextlib.nullcontext)
         with failure_recorded(manifest, layout.run_dir), sink():
+            from pipeline.stages import get_stage
+
+            if any(get_stage(e.stage).compiled_kernels for e in cfg.stages):
+                warm_up()
             store = WorkStore(layout.work)
             store.sweep_temps()
             if layout.home is not None:
