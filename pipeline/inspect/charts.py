@@ -330,7 +330,9 @@ def plot_lengths(run: Run | str | Path) -> Chart:
     """Length distributions (response tokens, instruction tokens, turns) for dropped vs kept vs selected.
 
     Uses the length stage's columns when the run has them, else counts words and turns from the
-    messages with the same word tokenizer (:data:`pipeline.text.WORD_TOKEN_PATTERN`).
+    messages with the same word tokenizer (:data:`pipeline.text.WORD_TOKEN_PATTERN`), on every row of
+    a group of at most :data:`LENGTH_SAMPLE` rows and on a seeded uniform sample of that many of a
+    larger one (the caption says so; the legend gives the groups' true sizes).
     """
     run = _run(run)
     title = "Length distributions"
