@@ -1,18 +1,19 @@
-"""Benchmark: export throughput and peak memory per format, against a naive `datasets` export.
+"""Benchmark: export throughput and peak memory per format (the project's own figures).
 
 1. A real run on a mix of the real data sets (Code Alpaca, GPTeacher codegen, GSM8K train, FastChat
    dummy conversations, 1,000 ShareGPT conversations) through the length and heuristics stages.
 2. A synthetic run directory of ``--rows`` rows: the real run's scored ``selected/`` rows repeated
    (``source_row`` offset per repeat, so every row has its own address) in 50,000-row shards, with
    a manifest whose counts match.
-3. Each format exported in a fresh process (``pipeline.export.export``); the peer, in another fresh
-   process, is what one would write without the tool: load the same rows and columns into pandas
-   and ``datasets.Dataset.from_pandas(df).to_json(path)``.
+3. Each format exported in a fresh process (``pipeline.export.export``).
+
+The comparison with Hugging Face ``datasets`` (in its own virtualenv, timed end to end as a user runs
+it) is ``benchmarks/peers/run.py io``; a peer run in the project's venv is not at its best.
 
 Prints rows/s, MB/s of output and peak RSS (``ru_maxrss`` of that process) per format and size;
 memory is flat when peak RSS does not grow with the row count.
 
-    .venv/bin/python benchmarks/export.py                       # 100k and 1M rows, all formats + peer
+    .venv/bin/python benchmarks/export.py                       # 100k and 1M rows, all formats
     .venv/bin/python benchmarks/export.py --rows 200000 --formats messages,hf
 """
 
@@ -62,18 +63,23 @@ def synth_run(base: Path, rows: int, dest: Path) -> Path:
     import numpy as np
     import polars as pl
 
+    from pipeline.engine.finalize import file_record
     from pipeline.io.shards import list_shards, write_parquet_atomic
 
     b = pl.concat([pl.read_parquet(p) for p in list_shards(base / "selected")])
     stride = int(b["source_row"].max()) + 1
     if dest.exists():
         shutil.rmtree(dest)
+    files = {}
     for k, start in enumerate(range(0, rows, SHARD_ROWS)):
         i = np.arange(start, min(start + SHARD_ROWS, rows))
         part = b[i % b.height].with_columns(pl.col("source_row") + pl.Series(i // b.height * stride))
-        write_parquet_atomic(part, dest / "selected" / f"part-{k:05d}.parquet")
+        path = dest / "selected" / f"part-{k:05d}.parquet"
+        write_parquet_atomic(part, path)
+        files[f"selected/{path.name}"] = file_record(path, part.height)
     m = json.loads((base / "manifest.json").read_text())
     m["run_id"] = dest.name
+    m["files"] = files  # the synthetic run holds these files only (export checks them against the manifest)
     m["counts"].update(read=rows, rejected=0, ingested=rows, kept=rows, dropped=0, selected=rows, balanced=True,
                        dropped_by_stage={}, dropped_by_rule={}, dropped_by_reason={})
     m["sources"] = [{"name": "synthetic (real rows repeated)", "path": str(base), "format": "canonical",
@@ -100,30 +106,9 @@ def _ours(run_dir: str, fmt: str, out: str, q: Any) -> None:
 
 
 def _idle(q: Any) -> None:
-    import datasets  # noqa: F401
-
     import pipeline.export  # noqa: F401
 
     q.put({"seconds": float("nan"), "rows": 0, "skipped": 0, "bytes": 0,
-           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-
-
-def _peer(run_dir: str, out: str, q: Any) -> None:
-    import datasets
-    import polars as pl
-
-    from pipeline.io.shards import list_shards
-
-    datasets.disable_progress_bars()
-    t0 = time.perf_counter()
-    cols = ["messages", "tools", "id", "source", "source_row"]
-    df = pl.concat([pl.read_parquet(p, columns=cols) for p in list_shards(Path(run_dir) / "selected")]).to_pandas()
-    ds = datasets.Dataset.from_pandas(df, preserve_index=False)
-    path = Path(out) / "train.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_json(str(path))
-    dt = time.perf_counter() - t0
-    q.put({"seconds": dt, "rows": ds.num_rows, "skipped": 0, "bytes": path.stat().st_size,
            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -151,7 +136,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="100000,1000000", help="comma-separated row counts")
     ap.add_argument("--formats", default="messages,sharegpt,alpaca,hf")
-    ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--workdir", help="default: a temp dir, removed afterwards")
     args = ap.parse_args()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-export-"))
@@ -174,8 +158,6 @@ def main() -> None:
             jobs: list[tuple[str, Any, tuple]] = [
                 (f"sft-curate {f}", _ours, (str(run_dir), f, str(work / f"out-{f}"))) for f in args.formats.split(",")
             ]
-            if not args.no_peer:
-                jobs.append(("peer datasets.to_json", _peer, (str(run_dir), str(work / "out-peer"))))
             for label, fn, fargs in jobs:
                 r = measure(fn, fargs)
                 line = (f"{n:>9,} {label:<22} {r['rows']:>9,} {r['skipped']:>8,} {r['seconds']:>8.2f} "

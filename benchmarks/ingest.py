@@ -1,10 +1,11 @@
 """Ingest + length benchmark: real files, and a 1M-row file synthesised by repeating them.
 
 Each case runs in a fresh subprocess so peak RSS (ru_maxrss) belongs to that case alone.
-Columns: rows, seconds, rows/s, peak RSS. The peer is Hugging Face ``datasets``: load the same file
-and map it to chat messages with a batched ``map`` (what a user would otherwise write).
+Columns: rows, seconds, rows/s, peak RSS. The project's own figures only: the comparison with Hugging
+Face ``datasets`` (load + ``map`` + ``to_parquet``, in its own virtualenv, timed end to end as a user
+runs it) is ``benchmarks/peers/run.py io``; an in-process peer in the project's venv is not at its best.
 
-    .venv/bin/python benchmarks/ingest.py [--real ../shared/data/real] [--big-rows 1000000] [--skip-peer] [--workers 2]
+    .venv/bin/python benchmarks/ingest.py [--real ../shared/data/real] [--big-rows 1000000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -55,31 +56,8 @@ def _case_ours(paths: list[str], shard_rows: int, with_length: bool, workers: in
             "ingest_s": t_ingest, "length_s": t_len}
 
 
-def _case_peer(path: str) -> dict:
-    import datasets
-
-    datasets.disable_progress_bars()
-    t0 = time.perf_counter()
-    ds = datasets.load_dataset("parquet", data_files=path, split="train", cache_dir=tempfile.mkdtemp())
-    cols = ds.column_names
-    if "conversations" in cols:
-        def fn(b: dict) -> dict:
-            role = {"human": "user", "gpt": "assistant", "system": "system"}
-            return {"messages": [[{"role": role.get(t["role"], t["role"]), "content": t["content"]} for t in c]
-                                 for c in b["conversations"]]}
-    else:
-        def fn(b: dict) -> dict:
-            return {"messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": c}]
-                                 for p, c in zip(b["prompt"], b["completion"], strict=True)]}
-    ds = ds.map(fn, batched=True, remove_columns=cols, num_proc=None)
-    return {"rows": len(ds), "rejected": 0, "ingest_s": time.perf_counter() - t0, "length_s": 0.0}
-
-
 def _child(args: argparse.Namespace) -> None:
-    if args.peer:
-        res = _case_peer(args.path)
-    else:
-        res = _case_ours(args.path.split(","), args.shard_rows, args.length, args.workers)
+    res = _case_ours(args.path.split(","), args.shard_rows, args.length, args.workers)
     sys.path.insert(0, str(Path(__file__).parent))
     from _common import peak_rss_mb  # VmHWM: ru_maxrss carries the driver's peak over fork+exec
 
@@ -87,13 +65,10 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(res))
 
 
-def _run(path: Path | list[Path], *, peer: bool = False, length: bool = True, shard_rows: int = 50_000,
-         workers: int = 1) -> dict:
+def _run(path: Path | list[Path], *, length: bool = True, shard_rows: int = 50_000, workers: int = 1) -> dict:
     paths = ",".join(str(p) for p in path) if isinstance(path, list) else str(path)
     cmd = [sys.executable, __file__, "--child", "--path", paths, "--shard-rows", str(shard_rows),
            "--workers", str(workers)]
-    if peer:
-        cmd.append("--peer")
     if length:
         cmd.append("--length")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -132,10 +107,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--real", default=str(REPO.parent / "shared" / "data" / "real"))
     ap.add_argument("--big-rows", type=int, default=1_000_000)
-    ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--path")
-    ap.add_argument("--peer", action="store_true")
     ap.add_argument("--length", action="store_true")
     ap.add_argument("--shard-rows", type=int, default=50_000)
     ap.add_argument("--workers", type=int, default=2, help="also run the big input as 50k-row files on this many threads")
@@ -158,8 +131,6 @@ def main() -> None:
             runs = [(f"sft-curate, {args.workers} threads", _run(path, workers=args.workers))]
         else:
             runs = [("sft-curate ingest+length", _run(path))]
-            if not args.skip_peer:
-                runs.append(("datasets load+map", _run(path, peer=True, length=False)))
         for tool, r in runs:
             total = r["ingest_s"] + r["length_s"]
             print(f"{label:<28} {tool:<22} {r['rows']:>10,} {r['ingest_s']:>9.2f} {r['length_s']:>9.2f} "
