@@ -17,8 +17,7 @@ conversation, computed in pure Python) is known. Truth per kind:
 
 Scores are pairwise: predicted pairs are pairs of rows put in one group (same keeper); precision is
 the share of predicted pairs that are true, recall the share of true pairs (designed ones, plus any
-predicted pair that is true) that are predicted. The peer is datasketch's ``MinHashLSH`` at the same
-threshold and ``num_perm`` (candidates from its buckets, no exact check, union-find groups).
+predicted pair that is true) that are predicted.
 
 **Throughput.** ``--sizes`` synthetic pools (default 100k and 1M rows) made from ~100k real rows:
 rows past the real pool are copies of a real row with 50% of the words substituted (distinct) or,
@@ -26,14 +25,16 @@ one in seven, 3% (a near duplicate). Each size runs in a fresh subprocess the wa
 global stage: every 50k-row shard is read and scored (normalise, shingle, hash, MinHash, band keys),
 the global columns are gathered, then ``score_global`` buckets, verifies and finds components.
 Peak RSS is that subprocess's high-water mark (``ru_maxrss``; read from VmHWM on Linux, where
-ru_maxrss would include the driver's own RSS carried over fork+exec). The peer runs in its own
-subprocess on ``--peer-rows`` rows sampled uniformly from the pool: shingling in Python written for
-speed with the same normalisation (``str.translate`` for ASCII text), datasketch ``MinHash``
-(``update_batch``), ``MinHashLSH`` query + insert. A second line times signatures alone (ours, rensa's and
-datasketch's) on the same pre-hashed shingle sets.
+ru_maxrss would include the driver's own RSS carried over fork+exec).
+
+**Peers.** This script gives the project's own figures. The comparisons with rensa, datasketch,
+datatrove, data-juicer and Polars (each in its own virtualenv at its documented best, timed end to
+end as a user runs it, recall and false removals against planted truth) are
+``benchmarks/peers/run.py minhash`` and ``exact``; a peer run in the project's venv, in one process
+with the project, is not at its best (its earlier figures here were withdrawn).
 
     .venv/bin/python benchmarks/dedup.py [--real ../shared/data/real] [--sizes 100000,1000000]
-        [--peer-rows 10000] [--repeat 2] [--skip-semantic] [--skip-throughput] [--work /tmp/dedup-bench]
+        [--repeat 2] [--skip-semantic] [--skip-throughput] [--work /tmp/dedup-bench]
 """
 
 from __future__ import annotations
@@ -84,20 +85,6 @@ def py_shingles(text: str, n: int = NGRAM) -> set[str]:
 
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 0.0
-
-
-_ASCII_FOLD = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
-
-
-def fast_shingles(text: str, n: int = NGRAM) -> set[str]:
-    """:func:`py_shingles` as a user would write it for speed (same result): ASCII text is folded
-    with ``str.translate``; only non-ASCII text takes the per-character Unicode path."""
-    w = (text.translate(_ASCII_FOLD).lower() if text.isascii() else py_normalize(text)).split()
-    if not w:
-        return set()
-    if len(w) < n:
-        return {" ".join(w)}
-    return {" ".join(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 
 # ---------------------------------------------------------------- the labelled set
@@ -238,30 +225,6 @@ def score(pred: set[tuple[int, int]], designed: dict[tuple[int, int], bool | Non
     return {"precision": prec, "recall": rec, "f1": f1, "predicted": tp + fp, "true": len(true_pairs)}
 
 
-def datasketch_groups(rows: list[list[dict]], threshold: float = THRESHOLD) -> tuple[list[int], float]:
-    """datasketch MinHashLSH at ``threshold``: insert + query every row, union-find over candidates."""
-    import numpy as np
-    from datasketch import MinHash, MinHashLSH
-
-    from pipeline.dedup import connected_components
-
-    t0 = time.perf_counter()
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-    eu, ev = [], []
-    for i, m in enumerate(rows):
-        s = py_shingles(py_conversation(m))
-        if not s:
-            continue
-        mh = MinHash(num_perm=NUM_PERM)
-        mh.update_batch([x.encode() for x in s])
-        for j in lsh.query(mh):
-            eu.append(j)
-            ev.append(i)
-        lsh.insert(i, mh)
-    lab = connected_components(len(rows), np.array(eu, dtype=np.int64), np.array(ev, dtype=np.int64))
-    return lab.tolist(), time.perf_counter() - t0
-
-
 def quality(real: Path, n_bases: int, skip_semantic: bool) -> None:
     import polars as pl
 
@@ -312,8 +275,6 @@ def quality(real: Path, n_bases: int, skip_semantic: bool) -> None:
         out = stage(df)
         dt = time.perf_counter() - t
         results.append((label, score(pairs_of(groups_from_output(out)), designed, truth), len(rows) / dt))
-    g, dt = datasketch_groups(rows)
-    results.append(("datasketch MinHashLSH (peer)", score(pairs_of(g), designed_mh, jac_true), len(rows) / dt))
     if not skip_semantic:
         from pipeline.stages.semdedup import SemanticDedup
 
@@ -334,14 +295,13 @@ def quality(real: Path, n_bases: int, skip_semantic: bool) -> None:
                                                                      lambda p: False), sub.height / dt))
     print(f"\n{'kind':<32} {'threshold':>10} {'true pairs':>10} {'predicted':>10} {'precision':>10} {'recall':>8} {'F1':>7} {'rows/s':>9}")
     for label, s, rps in results:
-        thr = {"exac": "equal", "minh": f"J>={THRESHOLD}", "data": f"J>={THRESHOLD}", "sema": f"cos>{1 - float(label.split('eps=')[-1].rstrip(')')):.2f}" if "eps=" in label else ""}[label[:4]]
+        thr = {"exac": "equal", "minh": f"J>={THRESHOLD}", "sema": f"cos>{1 - float(label.split('eps=')[-1].rstrip(')')):.2f}" if "eps=" in label else ""}[label[:4]]
         print(f"{label:<32} {thr:>10} {s['true']:>10,} {s['predicted']:>10,} {s['precision']:>10.3f} "
               f"{s['recall']:>8.3f} {s['f1']:>7.3f} {rps:>9,.0f}")
     # recall of the designed pairs by true-Jaccard bin: the LSH S-curve around the threshold
     print("\nrecall of designed copies by true Jaccard (minhash kinds)")
     outs = {"verify=on": MinHashDedup(keeper="first")(df), "verify=off": MinHashDedup(keeper="first", verify=False)(df)}
     gs = {k: groups_from_output(v) for k, v in outs.items()}
-    gs["datasketch"] = g
     print(f"{'J bin':<12}" + "".join(f"{k:>12}" for k in gs) + f"{'copies':>8}")
     for lo, hi in itertools.pairwise(bins):
         cs = [c for c in copies if lo <= c["jaccard"] < hi]
@@ -417,6 +377,10 @@ def _score_shard(kind: str, path: str, i: int, lazy_dir: str):  # noqa: ANN202
     t = time.perf_counter()
     df = pl.read_parquet(path)
     io = time.perf_counter() - t
+    from pipeline.schema import conform_messages
+
+    # the pool's files are written by this script, not ingest: give messages every canonical field
+    df = conform_messages(df)
     s = stage.score(df.with_columns(pl.lit(True).alias("keep"), pl.lit(None, pl.String).alias("drop_reason")))
     if lazy:
         t = time.perf_counter()
@@ -475,80 +439,18 @@ def child_ours(pool: Path, kind: str, threads: int = 1, procs: bool = False) -> 
             "procs": procs}
 
 
-def child_peer(pool: Path, rows: int) -> dict:
-    """datasketch on ``rows`` rows sampled uniformly from the whole pool: shingle (Python), MinHash
-    (``update_batch``), LSH query + insert; plus our, rensa's and datasketch's signatures alone on
-    the same shingle sets (pre-hashed to 64-bit ints for all three)."""
-    import numpy as np
-    import polars as pl
-    from datasketch import MinHash, MinHashLSH
-
-    paths = sorted(pool.glob("part-*.parquet"))
-    per = max(1, rows // len(paths))
-    df = pl.concat([pl.read_parquet(p).sample(per, seed=i) for i, p in enumerate(paths)])
-    msgs = df["messages"].to_list()
-    t0 = time.perf_counter()
-    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
-    cands = 0
-    sets = []
-    for i, m in enumerate(msgs):
-        s = fast_shingles(py_conversation(m))
-        sets.append(s)
-        mh = MinHash(num_perm=NUM_PERM)
-        mh.update_batch([x.encode() for x in s])
-        cands += len(lsh.query(mh))
-        lsh.insert(i, mh)
-    dt = time.perf_counter() - t0
-    # signatures alone, same shingle sets, hashing done beforehand for both
-    import xxhash
-
-    hashed = [np.fromiter((xxhash.xxh3_64_intdigest(x.encode()) for x in s), dtype=np.uint64, count=len(s)) for s in sets]
-    t1 = time.perf_counter()
-    for h in hashed:
-        mh = MinHash(num_perm=NUM_PERM, hashfunc=lambda v: v)
-        mh.update_batch(h)
-    t_ds = time.perf_counter() - t1
-    off = np.zeros(len(hashed) + 1, dtype=np.uint64)
-    np.cumsum([len(h) for h in hashed], out=off[1:])
-    flat = np.concatenate(hashed)
-    from rensa import RMinHash
-
-    from pipeline.dedup import minhash_signatures
-
-    minhash_signatures(flat[:10], np.array([0, 10]), NUM_PERM, 1)  # load the compiled kernel first
-    t2 = time.perf_counter()
-    minhash_signatures(flat, off.astype(np.int64), NUM_PERM, 1)
-    t_ours = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    m = RMinHash.digest_matrix_from_flat_token_hashes(flat, off, NUM_PERM, 1)
-    np.fromiter(itertools.chain.from_iterable(m.to_rows()), dtype=np.uint32, count=len(hashed) * NUM_PERM)
-    t_rensa = time.perf_counter() - t3
-    return {"rows": len(msgs), "seconds": dt, "candidates": cands, "peak_rss_mb": peak_rss_mb(),
-            "sig_datasketch_per_s": len(msgs) / t_ds, "sig_rensa_per_s": len(msgs) / t_rensa,
-            "sig_ours_per_s": len(msgs) / t_ours,
-            "shingles_per_row": float(np.mean([len(h) for h in hashed]))}
-
-
 def _spawn(*args: str) -> dict:
     return spawn(__file__, *args)
 
 
-def throughput(real: Path, sizes: list[int], peer_rows: int, work: Path, repeat: int, workers: int = 1) -> None:
+def throughput(real: Path, sizes: list[int], work: Path, repeat: int, workers: int = 1) -> None:
     print(f"\nthroughput (shards of 50k rows, score per shard + global step; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start; best of {repeat} where repeated)")
     print(f"{'rows':>10} {'tool':<34} {'seconds':>8} {'rows/s':>9} {'words/s':>11} {'dups':>9} {'peak RSS MB':>12}")
-    peer = None
     for n in sizes:
         t = time.perf_counter()
         pool = synth_pool(real, n, work)
         gen_s = time.perf_counter() - t
-        if peer is None:
-            peer = _spawn("--child", "peer", "--pool", str(pool), "--peer-rows", str(peer_rows))
-            print(f"{peer['rows']:>10,} {'datasketch MinHash+MinHashLSH':<34} {peer['seconds']:>8.1f} "
-                  f"{peer['rows'] / peer['seconds']:>9,.0f} {'':>11} {'':>9} {peer['peak_rss_mb']:>12,.0f}", flush=True)
-            print(f"{'':>10}   signatures alone on the same {peer['shingles_per_row']:.0f} shingles/row: sft-curate "
-                  f"{peer['sig_ours_per_s']:,.0f}/s, rensa {peer['sig_rensa_per_s']:,.0f}/s (with its list export), "
-                  f"datasketch {peer['sig_datasketch_per_s']:,.0f}/s", flush=True)
         cases = [("exact", 1, False), ("minhash", 1, False)]
         if workers > 1:
             cases += [("minhash", workers, False), ("minhash", workers, True)]
@@ -565,9 +467,6 @@ def throughput(real: Path, sizes: list[int], peer_rows: int, work: Path, repeat:
                 print(f"{'':>10}   score {r['score_s']:.1f}s (normalise+shingle+MinHash), global {r['global_s']:.1f}s "
                       f"(buckets+verify+components), parquet read {r['io_s']:.1f}s, pool built in {gen_s:.0f}s; "
                       f"{r['summary'].get('candidate_edges', 0):,} candidate edges", flush=True)
-                ours = r["rows"] / total
-                print(f"{'':>10}   minhash speed-up over datasketch: {ours / (peer['rows'] / peer['seconds']):.1f}x",
-                      flush=True)
 
 
 def main() -> None:
@@ -575,7 +474,6 @@ def main() -> None:
     ap.add_argument("--real", default=str(REPO.parent / "shared" / "data" / "real"))
     ap.add_argument("--bases", type=int, default=6000)
     ap.add_argument("--sizes", default="100000,1000000")
-    ap.add_argument("--peer-rows", type=int, default=10_000)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sft-curate-dedup-bench"))
     ap.add_argument("--repeat", type=int, default=2, help="runs per size up to 200k rows; the fastest is shown")
     ap.add_argument("--skip-semantic", action="store_true")
@@ -589,7 +487,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         pool = Path(args.pool)
-        res = child_peer(pool, args.peer_rows) if args.child == "peer" else child_ours(pool, args.child, args.threads, args.procs)
+        res = child_ours(pool, args.child, args.threads, args.procs)
         print(json.dumps(res, default=str))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -597,8 +495,7 @@ def main() -> None:
     if not args.skip_quality:
         quality(real, args.bases, args.skip_semantic)
     if not args.skip_throughput:
-        throughput(real, [int(x) for x in args.sizes.split(",")], args.peer_rows, Path(args.work), args.repeat,
-                   args.threads)
+        throughput(real, [int(x) for x in args.sizes.split(",")], Path(args.work), args.repeat, args.threads)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 The rows are the shapes of ``data/sample/tool_calls/openai_tools.jsonl`` (calls with null content,
 parallel calls, tool messages, ``reasoning_content``, ``<think>`` blocks, a legacy ``function_call``,
 user fields), repeated with a counter in every text so that no two rows are equal. Each case runs in
-a fresh subprocess (peak RSS = that case). The peer is Hugging Face ``datasets``: ``load_dataset``
-of the same JSONL (Arrow, nested structs; no mapping, no validation, no ids), which is what a user
-without this tool would start from.
+a fresh subprocess (peak RSS = that case). The project's own figures only: a peer run in the project's
+venv is not at its best; ingest against Hugging Face ``datasets`` in its own virtualenv is
+``benchmarks/peers/run.py io``.
 
-    .venv/bin/python benchmarks/tool_calls.py [--rows 100000] [--skip-peer]
+    .venv/bin/python benchmarks/tool_calls.py [--rows 100000]
 """
 
 from __future__ import annotations
@@ -54,38 +54,24 @@ def case_ours(path: str) -> dict:
             "rss_mb": peak_rss_mb()}
 
 
-def case_peer(path: str) -> dict:
-    import datasets
-
-    datasets.disable_progress_bars()
-    t0 = time.perf_counter()
-    ds = datasets.load_dataset("json", data_files=path, split="train", cache_dir=tempfile.mkdtemp())
-    return {"rows": ds.num_rows, "rejected": 0, "ingest_s": time.perf_counter() - t0, "length_s": 0.0,
-            "rss_mb": peak_rss_mb()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--case", choices=["ours", "peer"])
+    ap.add_argument("--case", choices=["ours"])
     ap.add_argument("--path")
     a = ap.parse_args()
     if a.case:
-        print(json.dumps((case_ours if a.case == "ours" else case_peer)(a.path)))
+        print(json.dumps(case_ours(a.path)))
         return
     path = Path(tempfile.mkdtemp(prefix="bench-tools-data-")) / "tools.jsonl"
     synthesise(a.rows, path)
     print(f"{a.rows:,} rows, {path.stat().st_size / 2**20:.0f} MB of JSONL")
     print("| tool | rows | ingest s | length s | rows/s | peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, case in (("sft-curate ingest+length", "ours"), ("datasets load_dataset(json)", "peer")):
-        if case == "peer" and a.skip_peer:
-            continue
-        r = spawn(__file__, "--case", case, "--path", str(path))
-        total = r["ingest_s"] + r["length_s"]
-        print(f"| {name} | {r['rows']:,} | {r['ingest_s']:.2f} | {r['length_s']:.2f} | {r['rows'] / total:,.0f} "
-              f"| {r['rss_mb']:,.0f} |")
+    r = spawn(__file__, "--case", "ours", "--path", str(path))
+    total = r["ingest_s"] + r["length_s"]
+    print(f"| sft-curate ingest+length | {r['rows']:,} | {r['ingest_s']:.2f} | {r['length_s']:.2f} | "
+          f"{r['rows'] / total:,.0f} | {r['rss_mb']:,.0f} |")
 
 
 if __name__ == "__main__":
