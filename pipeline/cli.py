@@ -23,7 +23,14 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline import progress as _progress
 from pipeline.config import ConfigError, load_config
+from pipeline.engine.manifest import Interrupted
+
+try:  # imported here, not in the signal handler that uses it (see _interrupt)
+    import psutil
+except ImportError:  # pragma: no cover - a dependency
+    psutil = None  # type: ignore[assignment]
 
 #: Defaults for the libraries a run drives, set before any of them is imported (the user's own
 #: environment wins). Prefect's server sends an anonymous telemetry heartbeat and logs
@@ -325,16 +332,18 @@ def _interrupt(sig: int, _frame: object) -> None:
     """Ctrl-C or SIGTERM: stop the run within seconds (steps on worker threads or Prefect tasks stop
     at their next progress report), the manifest says ``interrupted``, locks are released. A second
     Ctrl-C forces the process out at once."""
-    from pipeline import progress
-    from pipeline.engine.manifest import Interrupted
-
-    if progress.cancelled() and sig == signal.SIGINT:
+    # nothing is imported here: a handler that imports can be re-entered by the next signal half-way
+    # through the import (seen with three quick Ctrl-C: "partially initialized module")
+    if _progress.cancelled() and sig == signal.SIGINT:
+        # a third Ctrl-C must not re-enter the way out
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("error: interrupted twice; stopped at once", file=sys.stderr, flush=True)
         _stop_children(grace_s=0.5)
         os._exit(130)
     # (a SIGTERM while already stopping, e.g. re-sent by an orchestrator that took it over during
     # its flow run, stops the same way as the first)
-    progress.cancel()
+    _progress.cancel()
     if sig == signal.SIGINT:
         raise KeyboardInterrupt
     raise Interrupted("terminated (SIGTERM)")
@@ -343,9 +352,7 @@ def _interrupt(sig: int, _frame: object) -> None:
 def _stop_children(grace_s: float = 3.0) -> None:
     """Before leaving with ``os._exit`` (which waits for nothing): end the processes this run started
     (task-runner process pools, LM scoring workers), politely first."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - a dependency; without it children end with their pipes
+    if psutil is None:  # pragma: no cover - a dependency; without it children end with their pipes
         return
     kids = psutil.Process().children(recursive=True)
     for k in kids:
@@ -376,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     """``curate``: a user-facing error is one ``error:`` line (the traceback only with ``--debug``)."""
     from pipeline.engine import LockHeld, RunIntegrityError
     from pipeline.engine.driver import RunExists
-    from pipeline.engine.manifest import Interrupted
     from pipeline.io.readers import SourceError
     from pipeline.progress import Cancelled
 

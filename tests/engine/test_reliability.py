@@ -189,6 +189,35 @@ def test_an_interrupted_local_run_stops_at_once_and_says_so(tmp_path: Path, sig:
         pass
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.4, 0.8])
+def test_three_quick_ctrl_c_stop_at_once_without_a_crash(tmp_path: Path, start_curate, delay: float) -> None:
+    """Ctrl-C pressed three times 50 ms apart while the run ingests real files (decoding, mapping
+    and writing on their own threads): the process ends with exit 130 and one error line. The later
+    presses once re-entered the signal handler half-way through an import ("partially initialized
+    module 'psutil'", even "Fatal Python error"), and the run's lock must be free afterwards."""
+    cfg = _config(tmp_path / "c.yaml", {
+        "run": {"name": "i", "out": str(tmp_path / "runs"), "shard_rows": 5000, "report": False},
+        "sources": [{"path": str(REAL / "t0_templated_50k.parquet")}, {"path": str(REAL / "sharegpt_17k.parquet")},
+                    {"path": str(REAL / "gsm8k_train.jsonl.gz")}],
+        "stages": [{"stage": "length"}, {"stage": "minhash_dedup", "key": "response"}],
+    })
+    proc = start_curate("run", str(cfg), "--engine", "local", "--run-id", "r", "--out", str(tmp_path / "runs"), "--quiet")
+    _wait_for_manifest(tmp_path / "runs" / "r", proc)  # the run has started: ingest is next
+    time.sleep(delay)
+    t0 = time.monotonic()
+    for _ in range(3):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 20
+    assert proc.returncode == 130, err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")][0].startswith("error: interrupted"), err
+    for crash in ("Traceback", "Fatal Python error", "partially initialized", "Exception ignored"):
+        assert crash not in err, err
+    with DirLock(tmp_path / "runs" / "r", "run"):
+        pass
+
+
 def test_a_checkpoint_replaced_by_another_of_the_same_size_changes_the_keys(tmp_path: Path) -> None:
     """Model ids and stage keys hash the weights' content: a checkpoint replaced at the same path by
     another of the same size (what once kept stale perplexities) gets a new id and a new key."""
