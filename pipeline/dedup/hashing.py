@@ -76,6 +76,16 @@ def _folded(s: pl.Series) -> pl.Series:
     return _nfkc(s).str.to_lowercase()
 
 
+def _fold_non_ascii(s: pl.Series) -> pl.Series:
+    """``s`` (nulls as "") with NFKC and lower-casing applied to the rows holding a non-ASCII
+    character only: an ASCII row is NFKC-stable, and what lower-casing does to it (A-Z only) the
+    word kernel does as it hashes, while counts of word characters do not depend on case. The rows
+    that need Polars' Unicode passes are usually few."""
+    s = s.fill_null("")
+    wide = _non_ascii(s)
+    return s.scatter(wide, _folded(s.gather(wide))) if len(wide) else s
+
+
 def _non_ascii(s: pl.Series) -> pl.Series:
     """Positions of the strings holding a non-ASCII character (far cheaper than a regex: their
     UTF-8 length differs from their length in characters)."""
@@ -120,13 +130,8 @@ def word_hashes(texts: pl.Series, seed: int = HASH_SEED) -> tuple[np.ndarray, np
     """
     from pipeline._kernels import FNV_OFFSET, utf8_word_hashes
 
-    # ASCII text is NFKC-stable and lower-cases byte by byte, which the kernel does as it hashes:
-    # only the (usually few) rows holding another character go through Polars' NFKC and lower-casing
-    texts = texts.fill_null("")
-    wide = _non_ascii(texts)
-    if len(wide):
-        texts = texts.scatter(wide, _folded(texts.gather(wide)))
-    buf, off = utf8_buffer(texts)
+    # the kernel lower-cases ASCII as it hashes (fold_ascii)
+    buf, off = utf8_buffer(_fold_non_ascii(texts))
     start = FNV_OFFSET ^ mix64(np.array([seed], dtype=np.uint64))[0]
     return utf8_word_hashes(buf, off, _separator_bits(), start, True)
 
@@ -175,11 +180,7 @@ def normalized_equal(a: pl.Series, b: pl.Series) -> pl.Series:
     sep = _separator_bits()
 
     def counts(s: pl.Series) -> np.ndarray:
-        c = nonseparator_counts(*utf8_buffer(s), sep)
-        wide = _non_ascii(s)
-        if len(wide):
-            c[wide.to_numpy()] = nonseparator_counts(*utf8_buffer(_folded(s.gather(wide))), sep)
-        return c
+        return nonseparator_counts(*utf8_buffer(_fold_non_ascii(s)), sep)
 
     rows = np.flatnonzero(counts(a) == counts(b))
     out = np.zeros(len(a), dtype=bool)

@@ -55,9 +55,8 @@ def response_chars(df: pl.DataFrame, response: pl.Series | None = None) -> pl.Da
     so it is not rebuilt from the messages."""
     if RESPONSE_CHARS in df.columns:
         return df
-    if response is not None:
-        return df.with_columns(response.str.len_chars().cast(pl.Int64).alias(SCRATCH_RESPONSE_CHARS))
-    return df.with_columns(text_expr("response").str.len_chars().cast(pl.Int64).alias(SCRATCH_RESPONSE_CHARS))
+    text = response if response is not None else text_expr("response")
+    return df.with_columns(text.str.len_chars().cast(pl.Int64).alias(SCRATCH_RESPONSE_CHARS))
 
 
 def keeper_inputs(params: KeeperParams) -> tuple[str, ...]:

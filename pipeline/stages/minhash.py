@@ -100,6 +100,7 @@ from pipeline.dedup import (
     resolve_duplicates,
     response_chars,
     shingle_hashes,
+    text_series,
     write_dup_columns,
 )
 from pipeline.stages.base import Col, Resources, cols
@@ -204,10 +205,9 @@ class MinHashDedup(DedupStage):
         return key
 
     # ------------------------------------------------------------ per shard
-    def _hashes_text(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.Series, pl.DataFrame]:
-        """Shingle hashes of ``df``'s key text ``(flat, offsets)``, its band-key column, and ``df``
-        with the keeper's response length (from the key text when the key is the response, so the
-        response is built once)."""
+    def _score_rows(self, df: pl.DataFrame) -> pl.DataFrame:
+        """``df`` with its band keys (null for a row without shingles) and the keeper's response
+        length (from the key text when the key is the response, so the response is built once)."""
         p = self.params
         b, r = p.lsh()
         text = df.select(text_expr(p.key).alias("_t"))["_t"]
@@ -217,7 +217,7 @@ class MinHashDedup(DedupStage):
         has = np.diff(off) > 0
         bands = pl.Series(BANDS, keys).cast(pl.List(pl.UInt64))
         bands = pl.select(pl.when(pl.Series(has)).then(pl.lit(bands)).otherwise(None)).to_series().alias(BANDS)
-        return flat, off, bands, scored
+        return scored.with_columns(bands)
 
     @staticmethod
     def _shingle_lists(flat: np.ndarray, off: np.ndarray) -> pl.Series:
@@ -227,8 +227,7 @@ class MinHashDedup(DedupStage):
         return pl.Series(SHINGLES, lists).cast(pl.List(pl.UInt32))
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
-        _, _, bands, out = self._hashes_text(df)
-        return out.with_columns(bands)
+        return self._score_rows(df)
 
     def score_table(self, df: pl.DataFrame) -> pl.DataFrame:
         """Row scores of a whole in-memory table (:meth:`Stage.__call__`), in bounded memory.
@@ -241,13 +240,13 @@ class MinHashDedup(DedupStage):
         """
         # slices on threads, one per core (the hashing kernels and Polars release the GIL)
         with ThreadPoolExecutor(max_workers=self._workers()) as ex:
-            parts = list(ex.map(lambda lo: self._hashes_text(df.slice(lo, IN_MEMORY_ROWS))[2:],
+            parts = list(ex.map(lambda lo: self._score_rows(df.slice(lo, IN_MEMORY_ROWS)),
                                 range(0, df.height, IN_MEMORY_ROWS)))
         if not parts:
             return response_chars(df.with_columns(pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))))
         # only the added columns are concatenated, not copies of the table's slices
-        added = [c for c in parts[0][1].columns if c not in df.columns]
-        return df.with_columns(pl.concat([b for b, _ in parts]), *[pl.concat([f[c] for _, f in parts]) for c in added])
+        added = [c for c in parts[0].columns if c not in df.columns]
+        return df.with_columns(pl.concat([f[c] for f in parts]) for c in added)
 
     def global_inputs(self) -> tuple[str, ...]:
         # verify hashes candidate rows' text again (read lazily, :attr:`global_lazy_inputs`)
@@ -262,9 +261,8 @@ class MinHashDedup(DedupStage):
         out = []
         for lo in range(0, len(rows), IN_MEMORY_ROWS):
             part = rows[lo:lo + IN_MEMORY_ROWS]
-            msgs = super().global_column(df, "messages", part)
-            flat, off = shingle_hashes(pl.DataFrame([msgs]).select(text_expr(self.params.key))[:, 0].fill_null(""),
-                                       self.params.ngram)
+            msgs = pl.DataFrame([super().global_column(df, "messages", part)])
+            flat, off = shingle_hashes(text_series(msgs, self.params.key, normalize=False), self.params.ngram)
             out.append(self._shingle_lists(flat, off))
         return pl.concat(out) if out else pl.Series(SHINGLES, [], dtype=pl.List(pl.UInt32))
 
