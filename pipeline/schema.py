@@ -246,7 +246,14 @@ def conform_messages(df: pl.DataFrame, column: str = "messages") -> pl.DataFrame
         return df
     want = polars_schema(pa.schema([pa.field(column, pa.list_(MESSAGE_TYPE))]))[column]
     out = df
-    if df.schema[column] != want:
+    have_type = df.schema[column]
+    if not isinstance(have_type, pl.List | pl.Null):
+        if df.height == 0:
+            # an empty pandas frame's object column arrives as text: nothing to convert
+            return df.with_columns(pl.Series(column, [], dtype=want))
+        raise ValueError(f"column `{column}` must hold lists of {{role, content}} messages, not {have_type} "
+                         "(pipeline.frames.canonicalize converts instruction/response, ShareGPT and text tables)")
+    if have_type != want:
         have = message_fields(df.schema[column])
         if len(have) < len(MESSAGE_EXTRAS):
             el = pl.element()

@@ -173,7 +173,8 @@ def max_earlier(x: np.ndarray, kept: np.ndarray | None = None) -> tuple[np.ndarr
 def _vector_series(x: np.ndarray) -> pl.Series:
     """Rows of a float32 matrix as a fixed-width Array column (a fixed_size_list in Parquet)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return pl.Series("vector", x.reshape(len(x), -1)).cast(pl.Array(pl.Float32, x.shape[1] if x.ndim == 2 else 1))
+    width = x.shape[1] if x.ndim == 2 else 1  # (not -1: zero rows have no size to infer it from)
+    return pl.Series("vector", x.reshape(len(x), width)).cast(pl.Array(pl.Float32, width))
 
 
 def _matrix(s: pl.Series) -> np.ndarray:

@@ -342,6 +342,22 @@ def test_function_form_equals_class_form(name: str, runs: Runs) -> None:
     assert_frame_equal(got, runs.output(name))
 
 
+@pytest.mark.parametrize("name", STAGES)
+def test_function_form_on_an_empty_pandas_table(name: str, runs: Runs) -> None:
+    """Zero rows (a filter upstream that kept nothing) come back as zero rows of the same kind with
+    the stage's columns, not a failure: pandas types an empty ``messages`` column as text."""
+    cls = get_stage(name)
+    fn = _function_form(cls)
+    runs.stage(name)
+    kwargs = dict(_params(name, runs.work))
+    if "ctx" in inspect.signature(fn).parameters:
+        kwargs["ctx"] = runs.ctx
+    empty = runs.input(name).head(0).to_pandas()
+    got = fn(empty, **kwargs)
+    assert type(got) is type(empty) and len(got) == 0
+    assert set(_written(runs.output(name), runs.stage(name))) <= set(got.columns)
+
+
 def _written(out: pl.DataFrame, st: Stage) -> list[str]:
     return [c for c in st.writes() if c in out.columns and not c.startswith("_")] + ["keep", "drop_reason"]
 

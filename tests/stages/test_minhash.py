@@ -250,3 +250,5 @@ def test_python_call_follows_the_stage_contract(t0_sub: pl.DataFrame) -> None:
     assert out["keep"].tolist() == minhash_dedup(sub)["keep"].to_list()
     with pytest.raises(MissingColumnError, match="'source'.*canonicalize"):
         minhash_dedup(sub.drop("source"))
+    with pytest.raises(ValueError, match="`messages` must hold lists.*canonicalize"):
+        minhash_dedup(sub.with_columns(pl.col("id").alias("messages")))
