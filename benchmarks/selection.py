@@ -1,27 +1,29 @@
-"""Benchmark: embedding throughput, k-means, and the diversity selectors at 100k rows, with their peers.
+"""Benchmark: embedding throughput, k-means, and the diversity selectors at 100k rows (the project's own figures).
 
 1. **Real pool.** A miniature of ``t0_templated_50k.parquet`` that keeps its redundancy: every row of
    ``--passages`` randomly chosen source passages (the file renders each passage through several
-   templates and questions). Embedded with MiniLM (instruction view) twice, each in a fresh process:
-   ours (:func:`pipeline.embeddings.embed_frame` into a sidecar store, batched by length) and the
-   peer (``SentenceTransformer.encode`` on the same texts); then ours again over the filled store
-   (a rerun: nothing to embed).
+   templates and questions). Embedded with MiniLM (instruction view) in a fresh process
+   (:func:`pipeline.embeddings.embed_frame` into a sidecar store, batched by length), then again over
+   the filled store (a rerun: nothing to embed).
 2. **100k pool.** Embedding 100k texts with MiniLM takes ~7 min on 2 cores, so the 100k rows are the
    real vectors tiled with Gaussian noise (``--noise``, sigma 0.03 per dimension, renormalised: a copy
    has cosine ~0.86 to its real row and ~0.74 to another copy, so a 0.9 repr filter can fill a 10k
    budget), each copy keeping its real row's template, task and passage; written to a sidecar store
    under fresh ids. Diversity figures on tiled rows say little; section 4 has the real ones.
 3. **Timings at 100k** (each case in a fresh process; peak RSS is that process's ``ru_maxrss``):
-   faiss k-means vs scikit-learn ``KMeans`` (same k, 20 iterations, one init); the Deita repr walk
-   (threshold 0.9, budget 10k) vs Deita's own batched filter (``hkust-nlp/deita`` ``IterativeFilter``
-   logic with torch, re-typed here as it is not on PyPI); kMQ vs the kMQ paper's reference sampling
-   (``for-ai/iterative-data-selection`` ``KMenasRandomDeita``: equal budget per cluster, softmax
-   sampling inside); and every selector end to end through its public function, with the
+   faiss k-means (20 iterations, one init); the Deita repr walk (threshold 0.9, budget 10k); and
+   every selector end to end through its public function, with the
    diversity of what it picks: distinct k-means clusters (k=1000 over the pool), templates, source
    tasks and real rows covered, and the mean pairwise cosine of the selection (exact, from the sum
    vector).
 4. **Diversity at real scale**: the same selectors on the real pool (no tiling), budget
    ``--real-budget``.
+
+Comparisons with peers (a bare ``SentenceTransformer.encode`` loop, semhash) are the peer harness's
+(``benchmarks/peers/run.py embed|semdedup``: each peer in its own virtualenv at its best settings);
+the in-process peer columns this script used to print (scikit-learn ``KMeans``, Deita's batched
+filter re-typed with torch, the kMQ paper's sampling) were withdrawn from ``benchmarks/RESULTS.md``
+(issue 19) and are gone.
 
 Scores used where a selector needs one: the repr filter walks a seeded random order (so its gain over
 random is the filter's own); kMQ uses no quality column (the paper's k-means baseline); DS2 rates by
@@ -39,6 +41,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import sys
 import tempfile
@@ -111,26 +114,13 @@ def _embed_ours(work: str, q: Any) -> None:
     rerun = time.perf_counter() - t1
     import torch
 
-    q.put({"seconds": dt, "rerun_seconds": rerun, "rows": pool.height, "rss_mb": _rss_mb(),
-           "torch_threads": torch.get_num_threads()})
-
-
-def _embed_peer(work: str, q: Any) -> None:
-    import polars as pl
-    from sentence_transformers import SentenceTransformer
-
     from pipeline.embeddings import view_expr
-    from pipeline.models import resolve_model
 
-    pool = pl.read_parquet(Path(work) / "real_pool.parquet")
+    model = load_model("minilm", "cpu")
     texts = pool.select(view_expr("instruction").alias("t"))["t"].to_list()
-    model = SentenceTransformer(str(resolve_model("minilm").path), device="cpu")
-    model.encode(["warm up"] * 4)
-    t0 = time.perf_counter()
-    model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-    dt = time.perf_counter() - t0
-    tok = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
-    q.put({"seconds": dt, "rows": len(texts), "tokens": sum(len(t) for t in tok), "rss_mb": _rss_mb()})
+    tokens = sum(len(t) for t in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"])
+    q.put({"seconds": dt, "rerun_seconds": rerun, "rows": pool.height, "tokens": tokens, "rss_mb": _rss_mb(),
+           "torch_threads": torch.get_num_threads()})
 
 
 def _tile(work: str, rows: int, noise: float, q: Any) -> None:
@@ -147,7 +137,9 @@ def _tile(work: str, rows: int, noise: float, q: Any) -> None:
     rng = np.random.default_rng(0)
     src = np.arange(rows) % pool.height
     x = _normalise(real[src] + rng.normal(0, noise, (rows, real.shape[1])).astype(np.float32))
-    big = pool[src.tolist()].select("template", "task", "passage", "len_response_tokens").with_columns(
+    # each copy carries its real row's messages: the vector selectors declare them as input (they
+    # embed the rows a sidecar store lacks), though here every id is in the store
+    big = pool[src.tolist()].select("messages", "template", "task", "passage", "len_response_tokens").with_columns(
         pl.Series("real_row", src),
         pl.format("{}-{}", pl.Series(pool["id"].to_numpy()[src]), pl.Series(np.arange(rows) // pool.height)).alias("id"),
         pl.lit("bench").alias("source"), pl.Series("source_row", np.arange(rows)),
@@ -180,17 +172,6 @@ def _kmeans_ours(work: str, k: int, q: Any) -> None:
     q.put({"seconds": dt, "rows": len(x), "inertia": float((d ** 2).sum()), "rss_mb": _rss_mb()})
 
 
-def _kmeans_peer(work: str, k: int, q: Any) -> None:
-    import numpy as np
-    from sklearn.cluster import KMeans
-
-    x = np.load(Path(work) / "big_x.npy")
-    t0 = time.perf_counter()
-    km = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(x)
-    dt = time.perf_counter() - t0
-    q.put({"seconds": dt, "rows": len(x), "inertia": float(km.inertia_), "rss_mb": _rss_mb()})
-
-
 def _walk_vectors(work: str) -> Any:
     import numpy as np
     import polars as pl
@@ -207,49 +188,6 @@ def _repr_ours(work: str, budget: int, q: Any) -> None:
     acc, _nn = repr_walk(x, 0.9, limit=budget)
     dt = time.perf_counter() - t0
     q.put({"seconds": dt, "rows": len(x), "selected": len(acc), "rss_mb": _rss_mb()})
-
-
-def _repr_peer(work: str, budget: int, batch: int, q: Any) -> None:
-    """Deita's IterativeFilter.filter (cosine, threshold 0.9), re-typed with torch."""
-    import numpy as np
-    import torch
-
-    x = _walk_vectors(work)
-    t0 = time.perf_counter()
-    emb = torch.tensor(x)
-    kept = [0]
-    for i in range(1, len(x), batch):
-        cur = emb[i:i + batch]
-        existing = emb[kept]
-        d_old = torch.mm(cur, existing.t())
-        d_cur = torch.mm(cur, cur.t()).tril(-1)
-        bad = torch.any(d_old > 0.9, dim=1) | torch.any(d_cur > 0.9, dim=1)
-        kept.extend((np.arange(i, i + len(cur))[~bad.numpy()]).tolist())
-        if len(kept) >= budget:
-            break
-    dt = time.perf_counter() - t0
-    q.put({"seconds": dt, "rows": len(x), "selected": min(len(kept), budget), "rss_mb": _rss_mb()})
-
-
-def _kmq_peer(work: str, budget: int, k: int, q: Any) -> None:
-    """The kMQ reference code's sampling (KMenasRandomDeita) on faiss k-means, uniform scores."""
-    import numpy as np
-
-    from pipeline.embeddings import kmeans
-
-    x = np.load(Path(work) / "big_x.npy")
-    t0 = time.perf_counter()
-    labels = kmeans(x, k, seed=0, niter=20)[0]
-    rng = np.random.default_rng(0)
-    scores = np.ones(len(x))
-    out = []
-    for c in range(k):
-        idx = np.flatnonzero(labels == c)
-        p = np.exp(scores[idx])
-        out.append(rng.choice(idx, size=min(budget // k, len(idx)), replace=False, p=p / p.sum()))
-    sel = np.concatenate(out)
-    dt = time.perf_counter() - t0
-    q.put({"seconds": dt, "rows": len(x), "selected": len(sel), "rss_mb": _rss_mb(), **_diversity(work, sel, "big")})
 
 
 def _diversity(work: str, chosen: Any, which: str) -> dict[str, Any]:
@@ -290,15 +228,16 @@ def _selector(work: str, which: str, name: str, budget: int, q: Any) -> None:
                                    pl.col("len_response_tokens").rank("ordinal").truediv(frame.height).mul(5).ceil()
                                    .cast(pl.Int64).alias("rating"))
     ctx = RunContext(cache_dir=w / ("big_store" if which == "big" else "real_store"), seed=0)
+    mini = {"model": "minilm", "ctx": ctx}  # the vectors stored above (MiniLM), not the CPU default model
     calls = {
         "random": lambda: select.random(frame, budget=budget, seed=0),
         "long_is_more": lambda: select.long_is_more(frame, budget=budget),
-        "kmq": lambda: select.kmq(frame, budget=budget, ctx=ctx),
-        "kmq_k=budget": lambda: select.kmq(frame, budget=budget, k=budget, ctx=ctx),
-        "repr_filter": lambda: select.repr_filter(frame, budget=budget, score="walk", threshold=0.9, ctx=ctx),
-        "ds2": lambda: select.ds2(frame, budget=budget, rating="rating", ctx=ctx),
+        "kmq": lambda: select.kmq(frame, budget=budget, **mini),
+        "kmq_k=budget": lambda: select.kmq(frame, budget=budget, k=budget, **mini),
+        "repr_filter": lambda: select.repr_filter(frame, budget=budget, score="walk", threshold=0.9, **mini),
+        "ds2": lambda: select.ds2(frame, budget=budget, rating="rating", **mini),
         # rds_plus timing includes loading MiniLM and embedding the 300 target questions
-        "rds_plus": lambda: select.rds_plus(frame, budget=budget, target=str(w / "gsm8k_test_300.jsonl"), ctx=ctx),
+        "rds_plus": lambda: select.rds_plus(frame, budget=budget, target=str(w / "gsm8k_test_300.jsonl"), **mini),
     }
     t0 = time.perf_counter()
     out = calls[name]()
@@ -313,7 +252,13 @@ def measure(target: Any, *args: Any) -> dict[str, Any]:
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(*args, q))
     p.start()
-    res = q.get()
+    while True:  # a case that dies fails the benchmark instead of leaving it waiting for ever
+        try:
+            res = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"{target.__name__}{args} exited with code {p.exitcode} and no result") from None
     p.join()
     return res
 
@@ -327,7 +272,6 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=10_000)
     ap.add_argument("--passages", type=int, default=600, help="source passages in the real pool (~2 rows each)")
     ap.add_argument("--real-budget", type=int, default=100)
-    ap.add_argument("--peer-batch", type=int, default=64, help="batch size of Deita's filter (its default is 1)")
     ap.add_argument("--noise", type=float, default=0.03,
                     help="per-dimension sigma of the tiling noise (0.03: a copy has cosine ~0.86 to its real row)")
     ap.add_argument("--work", type=str, default=None)
@@ -349,40 +293,33 @@ def main() -> None:
 
 def embedding_table(work: Path) -> None:
     ours = measure(_embed_ours, str(work))
-    peer = measure(_embed_peer, str(work))
-    n, tok = peer["rows"], peer["tokens"]
+    n, tok = ours["rows"], ours["tokens"]
     print(f"\n## Embedding: MiniLM, instruction view, {n:,} real T0 rows ({tok:,} tokens after truncation at 256), "
           f"CPU, {ours['torch_threads']} torch threads")
     print(f"{'impl':<44}{'seconds':>9}{'texts/s':>10}{'tokens/s':>10}{'peak RSS MB':>13}")
-    print(f"{'ours: embed_frame -> sidecar store':<44}{ours['seconds']:>9.1f}{n / ours['seconds']:>10.1f}"
+    print(f"{'embed_frame -> sidecar store':<44}{ours['seconds']:>9.1f}{n / ours['seconds']:>10.1f}"
           f"{tok / ours['seconds']:>10.0f}{ours['rss_mb']:>13.0f}")
-    print(f"{'ours, rerun (all ids cached)':<44}{ours['rerun_seconds']:>9.2f}{n / ours['rerun_seconds']:>10.0f}{'':>10}{'':>13}")
-    print(f"{'peer: SentenceTransformer.encode':<44}{peer['seconds']:>9.1f}{n / peer['seconds']:>10.1f}"
-          f"{tok / peer['seconds']:>10.0f}{peer['rss_mb']:>13.0f}")
+    print(f"{'rerun (all ids cached)':<44}{ours['rerun_seconds']:>9.2f}{n / ours['rerun_seconds']:>10.0f}{'':>10}{'':>13}")
 
 
 def selection_tables(work: Path, args: argparse.Namespace) -> None:
     k = max(1, round((args.rows / 2) ** 0.5))
     print(f"\n## {args.rows:,} rows (real vectors tiled + noise sigma {args.noise}), budget {args.budget:,}")
     print(f"{'case':<52}{'seconds':>9}{'rows/s':>11}{'peak RSS MB':>13}  notes")
-    km_o, km_p = measure(_kmeans_ours, str(work), k), measure(_kmeans_peer, str(work), k)
-    for label, r in ((f"k-means k={k}, 20 iter: ours (faiss)", km_o), (f"k-means k={k}, 20 iter: peer (sklearn KMeans)", km_p)):
-        print(f"{label:<52}{r['seconds']:>9.2f}{r['rows'] / r['seconds']:>11,.0f}{r['rss_mb']:>13.0f}  inertia {r['inertia']:.1f}")
-    rp_o = measure(_repr_ours, str(work), args.budget)
-    rp_p = measure(_repr_peer, str(work), args.budget, args.peer_batch)
-    for label, r in (("repr filter thr 0.9: ours (faiss, exact walk)", rp_o),
-                     (f"repr filter thr 0.9: peer (deita, batch {args.peer_batch})", rp_p)):
-        print(f"{label:<52}{r['seconds']:>9.2f}{r['rows'] / r['seconds']:>11,.0f}{r['rss_mb']:>13.0f}  selected {r['selected']:,}")
+    km = measure(_kmeans_ours, str(work), k)
+    print(f"{f'k-means k={k}, 20 iter (faiss)':<52}{km['seconds']:>9.2f}{km['rows'] / km['seconds']:>11,.0f}"
+          f"{km['rss_mb']:>13.0f}  inertia {km['inertia']:.1f}")
+    rp = measure(_repr_ours, str(work), args.budget)
+    print(f"{'repr filter thr 0.9 (faiss, exact walk)':<52}{rp['seconds']:>9.2f}{rp['rows'] / rp['seconds']:>11,.0f}"
+          f"{rp['rss_mb']:>13.0f}  selected {rp['selected']:,}")
 
     header = (f"{'selector':<40}{'seconds':>9}{'rows/s':>11}{'RSS MB':>8}{'clusters':>9}{'templates':>10}{'tasks':>6}"
               f"{'real rows':>10}{'passages':>9}{'mean cos':>9}")
     print("\n### Selectors end to end (public functions, vectors read from the sidecar store)")
     print(header)
-    kq = measure(_kmq_peer, str(work), args.budget, k)
     # kmq with k = budget is left out at this size: 10k-means over 100k rows alone takes minutes
     rows = [(name, measure(_selector, str(work), "big", name, args.budget))
             for name in ("random", "long_is_more", "kmq", "repr_filter", "ds2", "rds_plus")]
-    rows.insert(3, ("kmq peer (paper code sampling)", kq))
     for name, r in rows:
         print(f"{name:<40}{r['seconds']:>9.2f}{r['rows'] / r['seconds']:>11,.0f}{r['rss_mb']:>8.0f}{r['clusters']:>9}"
               f"{r['templates']:>10}{r['tasks']:>6}{r['real_rows']:>10}{r['passages']:>9}{r['mean_cos']:>9.4f}")
