@@ -16,14 +16,17 @@ store ends in a ``Completed`` state named ``Cached``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import logging
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -328,38 +331,110 @@ def _quiet_prefect() -> None:
         logging.getLogger(n).setLevel(logging.CRITICAL + 1)
 
 
-class _NewSession:
-    """``subprocess`` as Prefect's server module sees it while it starts a temporary server: the
-    server gets its own session, so a Ctrl-C in the terminal reaches only this process."""
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(subprocess, name)
 
-    @staticmethod
-    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - subprocess's name
-        return subprocess.Popen(*args, start_new_session=True, **kwargs)
+class TemporaryServer:
+    """The temporary Prefect API server of a run started from a shell: what Prefect's ephemeral mode
+    starts (``prefect.server.api.server.SubprocessASGIServer``: uvicorn serving ``create_app`` with the
+    UI off, the same environment), with two differences. It is spawned without importing Prefect's
+    server module in this process (2 s on a 2-core machine, spent before the server even started:
+    the server now starts while this process goes on). And it runs in its own session, so a Ctrl-C
+    in the terminal stops the run in this process while the server stays up to record the flow run's
+    final state. One per process (:meth:`get`); stopped when the process exits, and at once after an
+    interrupt (the CLI then leaves with ``os._exit``, which skips exit handlers)."""
+
+    _instance: TemporaryServer | None = None
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @classmethod
+    def get(cls) -> TemporaryServer:
+        if cls._instance is None or cls._instance.proc is None or cls._instance.proc.poll() is not None:
+            cls._instance = cls()
+            cls._instance.start()
+        return cls._instance
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _spawn(self) -> None:
+        import prefect
+        from prefect.settings import get_current_settings
+
+        self.port = _free_port()
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+               **get_current_settings().to_environment_variables(exclude_unset=True)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"], env=env, start_new_session=True)
+
+    def start(self) -> None:
+        """Spawn the server and wait for its health check (up to Prefect's
+        ``server.ephemeral.startup_timeout_seconds``); a port taken meanwhile (uvicorn's exit 3) is retried."""
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        self._spawn()
+        atexit.register(self.stop)
+        logging.getLogger("prefect").info("Starting temporary server on http://127.0.0.1:%s", self.port)
+        deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        try:
+            self._wait_healthy(deadline)
+        except BaseException:  # a Ctrl-C while it starts too: no server left behind
+            self.stop()
+            raise
+
+    def _wait_healthy(self, deadline: float) -> None:
+        import httpx
+
+        with httpx.Client() as client:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                code = self.proc.poll()
+                if code == 3:  # the port was taken between choosing and binding it
+                    self._spawn()
+                    continue
+                if code is not None:
+                    raise RuntimeError(f"the temporary Prefect API server exited with code {code} while starting")
+                try:
+                    if client.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError("timed out waiting for the temporary Prefect API server (raise "
+                           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run `prefect server start` "
+                           "and set PREFECT_API_URL)")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.contextmanager
 def api_server() -> Iterator[None]:
     """The Prefect API for a run started from a shell. With ``PREFECT_API_URL`` set: that server.
-    Otherwise a temporary local one, as Prefect's ephemeral mode would start (the same process-wide
-    instance), but in its own session: a Ctrl-C in the terminal stops the run in this process while
-    the server stays up to record the flow run's final state. It stops when this process exits, and
-    at once after an interrupt (the CLI then leaves with ``os._exit``, which skips exit handlers)."""
+    Otherwise a :class:`TemporaryServer` (stopped at once after an interrupt)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
         return
-    from unittest import mock
-
-    import prefect.server.api.server as srv
-
-    server = srv.SubprocessASGIServer()
-    if not server.running:
-        with mock.patch.object(srv, "subprocess", _NewSession()):
-            server.start()
+    server = TemporaryServer.get()
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield

@@ -62,3 +62,31 @@ def test_local_and_prefect_engines_agree(tmp_path: Path, real: Path, write_confi
     assert np.array_equal(va[1], vb[1]) and np.array_equal(va[0], vb[0]) and va[2] == vb[2]
     assert (out_local / ".work" / "sidecars").is_dir() and local.manifest["layout"]["sidecars"].endswith(
         ".work/sidecars")
+
+
+def test_temporary_api_server_one_per_process_healthy_and_stopped(tmp_path: Path) -> None:
+    """Without PREFECT_API_URL, `curate run` starts Prefect's API server itself (uvicorn serving
+    ``create_app``, in its own session): one per process, healthy when returned, gone once stopped;
+    the next run of the process starts another."""
+    import os
+
+    import httpx
+    import psutil
+
+    from flows.curate import TemporaryServer
+
+    server = TemporaryServer.get()
+    try:
+        assert TemporaryServer.get() is server
+        assert httpx.get(f"{server.api_url}/health", timeout=5).status_code == 200
+        assert server.proc is not None and os.getsid(server.proc.pid) != os.getsid(0)  # its own session
+        pid = server.proc.pid
+    finally:
+        server.stop()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert server.proc is None and TemporaryServer._instance is server
+    again = TemporaryServer.get()
+    try:
+        assert again is not server and again.proc is not None and again.proc.poll() is None
+    finally:
+        again.stop()
