@@ -254,7 +254,7 @@ def conform_messages(df: pl.DataFrame, column: str = "messages") -> pl.DataFrame
         raise ValueError(f"column `{column}` must hold lists of {{role, content}} messages, not {have_type} "
                          "(pipeline.frames.canonicalize converts instruction/response, ShareGPT and text tables)")
     if have_type != want:
-        have = message_fields(df.schema[column])
+        have = message_fields(have_type)
         if len(have) < len(MESSAGE_EXTRAS):
             el = pl.element()
             add = [pl.lit(None, dtype=want.inner.to_schema()[k]).alias(k)  # type: ignore[union-attr]

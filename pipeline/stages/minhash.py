@@ -238,12 +238,12 @@ class MinHashDedup(DedupStage):
         so memory is the table plus the band keys plus one slice's hashes per thread (~20 bytes per
         word), not every row's shingles (4-8 bytes per word, several copies while scoring a frame).
         """
+        if df.height <= IN_MEMORY_ROWS:  # one slice (or none): no threads to start
+            return self._score_rows(df)
         # slices on threads, one per core (the hashing kernels and Polars release the GIL)
         with ThreadPoolExecutor(max_workers=self._workers()) as ex:
             parts = list(ex.map(lambda lo: self._score_rows(df.slice(lo, IN_MEMORY_ROWS)),
                                 range(0, df.height, IN_MEMORY_ROWS)))
-        if not parts:
-            return response_chars(df.with_columns(pl.Series(BANDS, [], dtype=pl.List(pl.UInt64))))
         # only the added columns are concatenated, not copies of the table's slices
         added = [c for c in parts[0].columns if c not in df.columns]
         return df.with_columns(pl.concat([f[c] for f in parts]) for c in added)
